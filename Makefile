@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make test   — create/refresh .venv, install everything, run the test suite (what CI runs)
+#   make demo   — the live colonoscopy demo (lands with the runtime issue)
+# Both create or refresh their own environment in .venv; nothing else needs to be installed first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo env clean bench-models
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Reinstall when the dependency list changes. torch is installed first, pinned, so that nothing pulls the
+# multi-GB CUDA build; the project itself is installed editable (scikit-build-core builds the native parts).
+$(STAMP): pyproject.toml CMakeLists.txt | $(PY)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[dev]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	@echo "The live demo (python -m demos.live) lands with the runtime issue; not available yet." >&2
+	@exit 2
+
+bench-models: $(STAMP)
+	$(PY) -m training.bench_models
+
+clean:
+	rm -rf $(VENV) build

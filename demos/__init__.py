@@ -1,0 +1,1 @@
+"""Demos built on the public APIs only (the live colonoscopy video demo lands with the runtime issue)."""

@@ -1,0 +1,6 @@
+"""Model families. Importing this package registers every family with the registry."""
+
+from . import msnet  # noqa: F401  (registers msnet, m2snet, msnet_effl0, m2snet_effl0)
+from .registry import ModelSpec, UnknownModelError, create_model, get_spec, list_models, register_model
+
+__all__ = ["ModelSpec", "UnknownModelError", "create_model", "get_spec", "list_models", "register_model"]
