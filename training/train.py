@@ -229,7 +229,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     amp = args.amp == "bf16"
     sync_log = []
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    for epoch in range(start_epoch, end_epoch):
         if sampler is not None:
             sampler.set_epoch(epoch)
         ddp.train()
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--limit-train", type=int, default=0, help="use only the first N training images (smoke tests)")
     a("--limit-val", type=int, default=0, help="use only the first N validation images")
     a("--max-steps", type=int, default=0, help="cap optimiser steps per epoch (smoke tests)")
+    a("--stop-after", type=int, default=0, help="stop after N epochs of this invocation (time-boxed; --resume continues)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
