@@ -1,0 +1,345 @@
+"""PyTorch → ONNX (FP32, FP16 mixed precision, INT8 Q/DQ) with a manifest and a parity check.
+
+Usage::
+
+    python -m export.onnx --model msnet_effl0 --precision int8 --out artifacts/msnet_effl0-int8.onnx
+    python -m export.onnx --model m2snet --checkpoint M2SNet.pth --precision fp16 --out m2snet-fp16.onnx
+
+Steps: load the model (default checkpoint: the shipped ``<model>-kvasir`` when there is one), switch M2SNet's
+all-ones convolutions to the box-sum form, export with the TorchScript exporter (opset 17, static input, optional
+dynamic batch), fold constants and simplify (onnxslim), check the graph, convert precision in the graph, check
+parity against PyTorch on real frames, and write ``PATH.onnx`` + ``PATH.manifest.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from runtime.manifest import Manifest, manifest_path, sha256_file
+
+from .errors import ExportError
+
+__all__ = ["build_parser", "collect_frames", "export_onnx", "load_for_export", "main"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+OPSET = 17
+MAX_IR = 10  # ONNX Runtime 1.31 reads IR ≤ 13; TensorRT 10's parser is happiest at ≤ 10
+DEFAULT_CALIB_COUNT = 256
+TOOLKIT_VERSION = "0.1.0"
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def load_for_export(name: str, checkpoint: str | None) -> tuple[Any, dict[str, Any]]:
+    """Model in eval mode (M2SNet in box-sum form) and a description of its source checkpoint."""
+    from training import CheckpointError, UnknownModelError, get_spec, load_model
+    from training.checkpoint import WEIGHTS_DIR, read_checkpoint, resolve_checkpoint
+
+    try:
+        get_spec(name)
+    except UnknownModelError as e:
+        raise ExportError(str(e)) from None
+    info: dict[str, Any] = {"checkpoint": "", "checkpoint_sha256": "", "train_config": {}}
+    if checkpoint is None and (WEIGHTS_DIR / f"{name}-kvasir.pt").is_file():
+        checkpoint = f"{name}-kvasir"
+    try:
+        if checkpoint is None:
+            warnings.warn(f"no checkpoint for {name!r}: exporting untrained weights (fine for speed, not accuracy)",
+                          stacklevel=2)
+            model = load_model(name)
+        else:
+            path = resolve_checkpoint(checkpoint)
+            ck = read_checkpoint(path)
+            model = load_model(name, ck)
+            info.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_file(path),
+                        train_config=dict(ck.get("config") or {}))
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    if hasattr(model, "set_fixed_conv"):
+        model.set_fixed_conv("boxsum")
+    return model.eval(), info
+
+
+def collect_frames(
+    data: str | os.PathLike[str], split: str | None, count: int, input_hw: Sequence[int], mean, std
+) -> tuple[list[np.ndarray], list[str]]:
+    """``count`` pre-processed frames (evenly spread over the sorted ids, so the choice is reproducible)."""
+    from runtime.preprocess import preprocess_reference
+
+    import cv2
+
+    root = Path(data)
+    if not root.is_dir():
+        raise ExportError(f"calibration folder {str(root)!r} does not exist: pass --calib-data DIR with images")
+    img_dir = next((root / d for d in ("images", "image") if (root / d).is_dir()), root)
+    exts = {".jpg", ".jpeg", ".png", ".bmp"}
+    files = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in exts}
+    if split:
+        wanted = [Path(s.strip()).stem for s in Path(split).read_text().splitlines() if s.strip()]
+        files = {k: files[k] for k in wanted if k in files}
+    if not files:
+        raise ExportError(f"calibration folder {str(img_dir)!r} holds no images (.jpg/.png/.bmp)")
+    ids = sorted(files)
+    if count and count < len(ids):
+        ids = [ids[i] for i in np.linspace(0, len(ids) - 1, count).round().astype(int)]
+    frames = []
+    for i in ids:
+        bgr = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ExportError(f"cannot read calibration image {str(files[i])!r}")
+        frames.append(preprocess_reference(bgr, input_hw, mean, std))
+    return frames, ids
+
+
+def _check_writable(out: Path) -> None:
+    if out.suffix != ".onnx":
+        raise ExportError(f"output must be a .onnx path, got {str(out)!r}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"cannot write to {str(out.parent)!r}: {e.strerror or e}") from None
+
+
+# --------------------------------------------------------------------------------------------- graph
+def export_fp32(model, input_hw: Sequence[int], path: Path, dynamic_batch: bool = False) -> onnx.ModelProto:
+    """TorchScript-exporter ONNX (opset 17), constant-folded and simplified, checked; saved to ``path``."""
+    import onnxslim
+    import torch
+
+    c = getattr(model, "in_channels", 3)
+    x = torch.randn(1, c, int(input_hw[0]), int(input_hw[1]))
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    raw = path.with_suffix(".raw.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(raw), opset_version=OPSET, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes=axes, do_constant_folding=True)
+    m = onnxslim.slim(onnx.load(str(raw)))
+    raw.unlink()
+    m.ir_version = min(m.ir_version, MAX_IR)
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, str(path))
+    return m
+
+
+def _ort_logits(path: Path, frames: Sequence[np.ndarray], backend: str = "ort") -> list[np.ndarray]:
+    from runtime.backends import create_backend
+
+    with create_backend(backend, path, threads=os.cpu_count()) as b:
+        return [b.infer(x) for x in frames]
+
+
+def _torch_logits(model, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        return [model(torch.from_numpy(x)).numpy() for x in frames]
+
+
+def parity(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], threshold: float = 0.0) -> dict[str, float]:
+    """max |Δlogit| (and max |reference logit| for scale), mask Dice against the reference masks (logit > 0 ⇔
+    p > 0.5), NaN/Inf count."""
+    diffs, inter, total = [], 0, 0
+    bad = 0
+    for r, g in zip(ref, got):
+        g = g.astype(np.float32)
+        bad += int((~np.isfinite(g)).sum())
+        diffs.append(float(np.abs(r - g).max()))
+        rm, gm = r > threshold, g > threshold
+        inter += int(np.logical_and(rm, gm).sum())
+        total += int(rm.sum() + gm.sum())
+    return {"max_abs_diff": max(diffs), "ref_max_abs": float(max(np.abs(r).max() for r in ref)),
+            "dice_vs_torch": 2 * inter / total if total else 1.0, "nonfinite": bad, "frames": len(ref)}
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+def export_onnx(
+    name: str,
+    out: str | os.PathLike[str],
+    *,
+    checkpoint: str | None = None,
+    precision: str = "fp32",
+    input_hw: Sequence[int] | None = None,
+    dynamic_batch: bool = False,
+    calib_data: str | None = None,
+    calib_split: str | None = None,
+    calib_count: int = DEFAULT_CALIB_COUNT,
+    calib_method: str = "percentile",
+    int8_flavour: str = "qdq-s8",
+    exclude_nodes: Sequence[str] = (),
+    parity_frames: int = 8,
+    progress: bool = True,
+    log=print,
+) -> Manifest:
+    """Export ``name`` to ``out`` at ``precision`` and write its manifest; returns the manifest."""
+    from training import get_spec
+
+    from .precision import activation_ranges, lint_qdq_for_tensorrt, quantize_int8, to_fp16
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    out = Path(out)
+    _check_writable(out)
+    t0 = time.perf_counter()
+    model, src = load_for_export(name, checkpoint)
+    spec = model.spec
+    hw = [int(v) for v in (input_hw or spec.input_hw)]
+    if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
+        raise ExportError(f"--input-size must be multiples of {spec.size_divisor}, got {hw[0]}x{hw[1]}")
+
+    # calibration / parity frames: --calib-data, else the training data recorded in the checkpoint
+    tc = src["train_config"]
+    data_dir = calib_data or tc.get("data")
+    data_split = calib_split if calib_data else (calib_split or tc.get("train_split"))
+    if precision == "int8" and calib_data is not None and not Path(calib_data).is_dir():
+        raise ExportError(f"calibration folder {calib_data!r} does not exist")
+    frames: list[np.ndarray] = []
+    ids: list[str] = []
+    if data_dir and Path(data_dir).is_dir():
+        n = calib_count if precision == "int8" else max(parity_frames, 8 if precision == "fp16" else 0)
+        frames, ids = collect_frames(data_dir, data_split, n, hw, spec.mean, spec.std)
+    elif precision == "int8":
+        raise ExportError("INT8 needs calibration frames: pass --calib-data DIR (a folder of real frames)")
+
+    cache_dir = out.parent / ".calib-cache"
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-") as tmp_s:
+        tmp = Path(tmp_s)
+        fp32_path = tmp / "fp32.onnx"
+        log(f"[1/4] exporting {name} ({hw[0]}x{hw[1]}, opset {OPSET}) from "
+            f"{src['checkpoint'] or 'untrained weights'}")
+        m = export_fp32(model, hw, fp32_path, dynamic_batch)
+        final = tmp / "final.onnx"
+        extra: dict[str, Any] = {}
+        kept: list[str] = []
+        flavour = ""
+        if precision == "fp32":
+            log("[2/4] precision fp32: graph unchanged")
+            final = fp32_path
+        elif precision == "fp16":
+            peaks = activation_ranges(m, frames[:8], "input") if frames else {}
+            m16, kept = to_fp16(m, peaks)
+            m16.ir_version = min(m16.ir_version, MAX_IR)
+            onnx.checker.check_model(m16)
+            onnx.save(m16, str(final))
+            log(f"[2/4] fp16 mixed precision, float32 I/O; kept in float32 ({len(kept)}):")
+            for k in kept:
+                log(f"        {k}")
+        else:
+            flavour = int8_flavour
+            log(f"[2/4] int8 {flavour}: calibrating on {len(ids)} frames ({calib_method}) …")
+            extra = quantize_int8(fp32_path, final, frames=frames, frame_ids=ids, input_name="input",
+                                  flavour=flavour, method=calib_method, exclude_nodes=exclude_nodes,
+                                  cache_dir=cache_dir, progress=progress)
+            qm = onnx.load(str(final))
+            if qm.ir_version > MAX_IR:
+                qm.ir_version = MAX_IR
+                onnx.save(qm, str(final))
+            if extra["calibration"]["cache_hit"]:
+                log(f"        calibration cache hit ({extra['calibration']['cache']})")
+            log(f"        {extra['quantized_convs']} weighted ops quantised, {extra['quantize_linear']} Q / "
+                f"{extra['dequantize_linear']} DQ nodes")
+            problems = lint_qdq_for_tensorrt(qm)
+            extra["tensorrt_lint"] = problems[:20]
+            if flavour == "qdq-s8" and problems:
+                raise ExportError(f"Q/DQ placement TensorRT would reject ({len(problems)} problems), first: {problems[0]}")
+            if flavour == "qdq-u8":
+                log(f"        flavour qdq-u8 is for ONNX Runtime CPU; TensorRT would reject it ({len(problems)} lint "
+                    "problems, e.g. uint8 zero points)")
+
+        # parity against PyTorch on real frames
+        par: dict[str, Any] = {}
+        pframes = frames[:parity_frames] if frames else []
+        if not pframes:
+            import numpy.random as npr
+
+            pframes = [npr.default_rng(0).standard_normal((1, spec.in_channels, *hw)).astype(np.float32)]
+        ref = _torch_logits(model, pframes)
+        backends = ["ort"] + (["openvino"] if precision == "int8" and flavour == "qdq-s8" and _has_openvino() else [])
+        for b in backends:
+            par[b] = parity(ref, _ort_logits(final, pframes, b))
+        par["frames_source"] = str(data_dir) if frames else "random normal input (no real frames available)"
+        log("[3/4] parity vs PyTorch on " + f"{len(pframes)} frames: " + "; ".join(
+            f"{b}: max|Δ| {p['max_abs_diff']:.2e}, mask Dice {p['dice_vs_torch']:.4f}"
+            for b, p in par.items() if isinstance(p, dict)))
+        for b, p in par.items():
+            if isinstance(p, dict) and p["nonfinite"]:
+                raise ExportError(f"{precision} graph produces {p['nonfinite']} NaN/Inf logits on {b}")
+
+        manifest = Manifest(
+            model=name, input_hw=hw, mean=list(spec.mean), std=list(spec.std), in_channels=spec.in_channels,
+            num_classes=spec.num_classes, output_activation=spec.output_activation, threshold=spec.threshold,
+            dynamic_batch=dynamic_batch, precision=precision, quant_flavour=flavour, opset=OPSET,
+            ir_version=onnx.load(str(final), load_external_data=False).ir_version,
+            onnx_sha256=sha256_file(final), checkpoint=src["checkpoint"], checkpoint_sha256=src["checkpoint_sha256"],
+            plugins=[], fp32_ops=kept, parity=par,
+            export_config={"calib_data": str(data_dir or ""), "calib_split": str(data_split or ""),
+                           "calib_count": len(ids) if precision == "int8" else 0, "calib_method": calib_method,
+                           "exclude_nodes": list(exclude_nodes), **{k: v for k, v in extra.items()}},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), toolkit_version=TOOLKIT_VERSION,
+        )
+        os.replace(final, out)
+    manifest.save(manifest_path(out))
+    size = out.stat().st_size / 2**20
+    log(f"[4/4] export success ✅ {time.perf_counter() - t0:.1f}s, saved as {out} ({size:.1f} MB) + "
+        f"{manifest_path(out).name}")
+    return manifest
+
+
+def _has_openvino() -> bool:
+    from runtime.backends.openvino import openvino_available
+
+    return openvino_available()
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registry name (python -c 'import training; print(training.list_models())')")
+    p.add_argument("--checkpoint", help="checkpoint path or shipped alias (default: <model>-kvasir when shipped)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+    p.add_argument("--calib-data", help="folder of real frames for INT8 calibration (default: the training data)")
+    p.add_argument("--calib-split", help="split file selecting calibration ids")
+    p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT, help="calibration frames")
+    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default="percentile")
+    p.add_argument("--int8-flavour", choices=("qdq-s8", "qdq-u8"), default="qdq-s8",
+                   help="qdq-s8: symmetric (TensorRT, OpenVINO); qdq-u8: uint8 activations (ONNX Runtime CPU)")
+    p.add_argument("--exclude-nodes", nargs="*", default=[], help="node names kept in float (sensitive layers)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    add_args(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--out", required=True, help="output PATH.onnx (the manifest goes beside it)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        export_onnx(args.model, args.out, checkpoint=args.checkpoint, precision=args.precision,
+                    input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
+                    calib_split=args.calib_split, calib_count=args.calib_count, calib_method=args.calib_method,
+                    int8_flavour=args.int8_flavour, exclude_nodes=args.exclude_nodes, progress=args.progress)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

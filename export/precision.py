@@ -1,0 +1,281 @@
+"""Precision lives in the ONNX graph: float16 mixed precision, and INT8 with explicit Q/DQ.
+
+* FP16: ONNX Runtime's float16 converter (``onnxruntime.transformers.float16``), float32 I/O, with a block list of numerically fragile ops
+  (softmax, reductions, normalisations, exp/log/pow) plus every node whose float32 activations on real frames exceed
+  a safe float16 range (the AutoCast rule, measured here on calibration frames).
+* INT8: ONNX Runtime's ``quantize_static`` in QDQ format with a calibration cache. Two flavours:
+
+  ``qdq-s8`` (default)
+      what TensorRT accepts: symmetric int8 activations and weights, per-channel weights on axis 0, per-tensor
+      activations, bias not quantised, Q/DQ only on the inputs of weighted ops, a dedicated Q/DQ pair per consumer.
+      OpenVINO runs this graph with int8 kernels on x86 CPUs.
+  ``qdq-u8``
+      asymmetric uint8 activations (per-channel int8 weights), the fastest INT8 for ONNX Runtime's CPU provider.
+      TensorRT rejects it.
+
+:func:`lint_qdq_for_tensorrt` refuses a Q/DQ placement TensorRT would reject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ExportError
+
+__all__ = [
+    "FP32_OP_TYPES",
+    "INT8_FLAVOURS",
+    "activation_ranges",
+    "lint_qdq_for_tensorrt",
+    "quantize_int8",
+    "to_fp16",
+]
+
+# Ops kept in float32 in the FP16 graph, whatever their values.
+FP32_OP_TYPES = (
+    "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2", "ReduceSumSquare",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
+    "Exp", "Log", "Pow", "Sqrt", "Erf", "Range",
+)
+FP16_DATA_MAX = 2048.0  # a node whose float32 output exceeds this on real frames stays float32
+INT8_FLAVOURS = ("qdq-s8", "qdq-u8")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+# --------------------------------------------------------------------------------------------- fp16
+def activation_ranges(model: onnx.ModelProto, feeds: Iterable[np.ndarray], input_name: str) -> dict[str, float]:
+    """max |value| of every float node output over ``feeds`` (float32 run in ONNX Runtime)."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    outs = [o for n in m.graph.node for o in n.output if o and o not in existing]
+    for name in outs:
+        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    peak: dict[str, float] = {}
+    for x in feeds:
+        for name, v in zip(names, sess.run(names, {input_name: x})):
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size:
+                peak[name] = max(peak.get(name, 0.0), float(np.abs(v).max()))
+    return peak
+
+
+def to_fp16(
+    model: onnx.ModelProto, peaks: dict[str, float] | None = None, data_max: float = FP16_DATA_MAX
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Mixed-precision float16 graph with float32 inputs/outputs.
+
+    Returns the graph and the sorted list ``"OpType: node name (reason)"`` of nodes kept in float32.
+    """
+    from onnxruntime.transformers import float16
+
+    keep_nodes, kept = [], []
+    for n in model.graph.node:
+        if n.op_type in FP32_OP_TYPES:
+            kept.append(f"{n.op_type}: {n.name} (fragile op type)")
+            continue
+        big = max((peaks or {}).get(o, 0.0) for o in n.output) if n.output else 0.0
+        if big > data_max:
+            keep_nodes.append(n.name)
+            kept.append(f"{n.op_type}: {n.name} (|x| up to {big:.0f} > {data_max:.0f})")
+    m16 = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=list(FP32_OP_TYPES), node_block_list=keep_nodes
+    )
+    toposort(m16.graph)  # the converter appends its I/O casts at the end of the node list
+    return m16, sorted(kept)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` topologically in place (stable: keeps the original order where it can)."""
+    avail = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in avail for i in n.input):
+                ordered.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError(f"graph has a cycle or a dangling input at node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# --------------------------------------------------------------------------------------------- int8
+class _Reader:
+    """ONNX Runtime calibration data reader over pre-processed frames, with a tqdm bar."""
+
+    def __init__(self, input_name: str, frames: Sequence[np.ndarray], progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.input_name = input_name
+        self._it = iter(tqdm(frames, desc="calibrate", unit="frame", disable=not progress, dynamic_ncols=True))
+        self._n = len(frames)
+
+    def get_next(self):
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it for strided calibration only
+        pass
+
+
+def calibration_key(model_bytes: bytes, frame_ids: Sequence[str], method: str) -> str:
+    h = hashlib.sha256(model_bytes)
+    h.update(json.dumps([list(frame_ids), method]).encode())
+    return h.hexdigest()[:16]
+
+
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    frames: Sequence[np.ndarray] | None,
+    frame_ids: Sequence[str],
+    input_name: str,
+    flavour: str = "qdq-s8",
+    method: str = "percentile",
+    exclude_nodes: Sequence[str] = (),
+    cache_dir: Path,
+    progress: bool = True,
+) -> dict:
+    """Quantise ``fp32_path`` into ``out_path`` (QDQ). Returns a summary (cache hit, node counts, settings).
+
+    The calibration ranges are cached in ``cache_dir`` under a key of the float graph's bytes, the frame ids and
+    the method: a re-export with the same inputs skips calibration (and ``frames`` may then be ``None``).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if flavour not in INT8_FLAVOURS:
+        raise ExportError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(INT8_FLAVOURS)}")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ExportError(f"unknown calibration method {method!r}; valid: {', '.join(methods)}")
+    key = calibration_key(fp32_path.read_bytes(), frame_ids, method)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir / f"calib-{key}.json"
+    hit = cache.is_file()
+    if not hit and frames is None:
+        raise ExportError("no calibration frames and no calibration cache: pass --calib-data DIR")
+    symmetric = flavour == "qdq-s8"
+    extra = {
+        "ActivationSymmetric": symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "DedicatedQDQPair": True,
+        "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
+        "CalibPercentile": 99.999,
+        "CalibTensorRangeSymmetric": False,
+    }
+    reader = None if hit else _Reader(input_name, frames, progress)
+    quantize_static(
+        str(fp32_path),
+        str(out_path),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(WEIGHTED_OPS),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude_nodes),
+        calibrate_method=methods[method],
+        extra_options=extra,
+        calibration_cache_path=str(cache),
+    )
+    qm = onnx.load(str(out_path))
+    counts = Counter(n.op_type for n in qm.graph.node)
+    return {
+        "flavour": flavour,
+        "calibration": {"method": method, "frames": len(frame_ids), "cache": cache.name, "cache_hit": hit},
+        "excluded_nodes": list(exclude_nodes),
+        "quantize_linear": counts.get("QuantizeLinear", 0),
+        "dequantize_linear": counts.get("DequantizeLinear", 0),
+        "quantized_convs": _quantized_weighted_ops(qm),
+    }
+
+
+def _quantized_weighted_ops(model: onnx.ModelProto) -> int:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS and all(producers.get(i, None) is not None and
+                                             producers[i].op_type == "DequantizeLinear" for i in n.input[:2])
+    )
+
+
+def lint_qdq_for_tensorrt(model: onnx.ModelProto) -> list[str]:
+    """Problems TensorRT would reject in a Q/DQ graph (empty list = acceptable).
+
+    Checks: zero points are all-zero int8 constants (symmetric, no uint8); scales positive; activation scales per
+    tensor; weight scales per tensor or per channel on axis 0 (Conv) / 1 (ConvTranspose); no quantised bias (a DQ
+    feeding input 2 of a Conv); Q inputs are float.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    values = {**inits, **consts}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append(n)
+    problems = []
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = values.get(n.input[1]) if len(n.input) > 1 else None
+        zp = values.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scale is None:
+            problems.append(f"{n.name}: scale is not a build-time constant")
+            continue
+        if np.any(scale <= 0):
+            problems.append(f"{n.name}: non-positive scale")
+        if zp is not None:
+            if zp.dtype != np.int8:
+                problems.append(f"{n.name}: zero point of type {zp.dtype} (TensorRT needs int8, symmetric)")
+            elif np.any(zp != 0):
+                problems.append(f"{n.name}: non-zero zero point (TensorRT supports symmetric quantisation only)")
+        weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
+        if scale.size > 1:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            users = consumers.get(n.output[0], [])
+            if not weight:
+                problems.append(f"{n.name}: per-channel scale on an activation (TensorRT needs per-tensor)")
+            for u in users:
+                want = 1 if u.op_type == "ConvTranspose" else 0
+                if u.op_type in ("Conv", "ConvTranspose") and axis != want:
+                    problems.append(f"{n.name}: per-channel weight scale on axis {axis}, {u.op_type} needs axis {want}")
+        if n.op_type == "DequantizeLinear":
+            for u in consumers.get(n.output[0], []):
+                if u.op_type in ("Conv", "ConvTranspose", "Gemm") and len(u.input) > 2 and u.input[2] == n.output[0]:
+                    problems.append(f"{n.name}: quantised bias of {u.name} (TensorRT: bias must stay float)")
+            src = inits.get(n.input[0])
+            if src is not None and src.dtype == np.uint8:
+                problems.append(f"{n.name}: uint8 weights (TensorRT needs int8)")
+    return problems

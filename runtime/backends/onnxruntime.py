@@ -1,0 +1,76 @@
+"""ONNX Runtime backend: CPU, or CUDA when a device and the GPU build are really there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, RuntimeInputError
+from .base import Backend, TensorSpec
+
+__all__ = ["OrtBackend"]
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OrtBackend(Backend):
+    """Runs an ONNX file with ONNX Runtime.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        device: ``"cpu"`` or ``"cuda"``. onnxruntime-gpu silently falls back to the CPU when CUDA cannot load, so
+            the providers actually in use are checked after the session is created.
+        threads: intra-op threads (default: all cores).
+    """
+
+    name = "ort"
+
+    def __init__(self, model_path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise RuntimeInputError(f"model file {str(self.model_path)!r} does not exist")
+        if device not in ("cpu", "cuda"):
+            raise RuntimeInputError(f"ort device must be 'cpu' or 'cuda', got {device!r}")
+        self.device, self.threads = device, threads
+        self.name = f"ort-{device}"
+        self._sess = None
+
+    def _open(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        providers = [_PROVIDERS[self.device]] + (["CPUExecutionProvider"] if self.device != "cpu" else [])
+        try:
+            self._sess = ort.InferenceSession(str(self.model_path), so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            first = str(e).strip().splitlines()[0][:300]
+            raise RuntimeInputError(f"ONNX Runtime cannot load {str(self.model_path)!r}: {first}") from None
+        if self.device == "cuda" and _PROVIDERS["cuda"] not in self._sess.get_providers():
+            raise BackendUnavailableError(
+                "ONNX Runtime CUDA provider did not load (no GPU, or CUDA/cuDNN libraries missing); use device='cpu'"
+            )
+        i = self._sess.get_inputs()[0]
+        self._in = TensorSpec(i.name, tuple(i.shape), _ORT_TYPES.get(i.type, i.type))
+        self._out = self._sess.get_outputs()[0].name
+
+    def input_spec(self) -> TensorSpec:
+        if self._sess is None:
+            self.open()
+        return self._in
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._sess.run([self._out], {self._in.name: x})[0]
+
+    def _close(self) -> None:
+        self._sess = None
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}

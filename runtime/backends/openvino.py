@@ -1,0 +1,80 @@
+"""OpenVINO backend (x86 CPUs): reads the same ONNX files; runs symmetric Q/DQ INT8 graphs with int8 kernels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, RuntimeInputError
+from .base import Backend, TensorSpec
+
+__all__ = ["OpenVinoBackend", "openvino_available"]
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+class OpenVinoBackend(Backend):
+    """Runs an ONNX file with OpenVINO on the CPU.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        threads: inference threads (default: all cores).
+        inference_precision: ``"f32"`` keeps float layers in float32. OpenVINO's default on CPUs with AVX-512 BF16
+            is bf16, which changes numerics; pass ``"bf16"`` (or ``None`` for the plugin default) to allow it.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self, model_path: str | os.PathLike[str], threads: int | None = None, inference_precision: str | None = "f32"
+    ) -> None:
+        super().__init__()
+        if not openvino_available():
+            raise BackendUnavailableError("OpenVINO is not installed: pip install openvino (x86-64 CPUs)")
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise RuntimeInputError(f"model file {str(self.model_path)!r} does not exist")
+        self.threads, self.inference_precision = threads, inference_precision
+        self._req = None
+
+    def _open(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        cfg: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = self.threads
+        if self.inference_precision:
+            cfg["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        try:
+            compiled = core.compile_model(str(self.model_path), "CPU", cfg)
+        except Exception as e:  # noqa: BLE001
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise RuntimeInputError(f"OpenVINO cannot load {str(self.model_path)!r}: {first}") from None
+        self._compiled = compiled
+        self._req = compiled.create_infer_request()
+        inp = compiled.inputs[0]
+        shape = tuple(d.get_length() if d.is_static else "?" for d in inp.get_partial_shape())
+        self._in = TensorSpec(inp.get_any_name(), shape, str(inp.get_element_type().to_dtype()))
+        self._out = compiled.outputs[0]
+
+    def input_spec(self) -> TensorSpec:
+        if self._req is None:
+            self.open()
+        return self._in
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        res = self._req.infer({0: x}, share_inputs=True)
+        return np.asarray(res[self._out])
+
+    def _close(self) -> None:
+        self._req = None
+        self._compiled = None

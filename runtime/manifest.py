@@ -1,0 +1,121 @@
+"""The manifest written next to every exported model: the runtime reads preprocessing constants only from here.
+
+``model.onnx`` ↔ ``model.manifest.json``; ``model.engine`` ↔ ``model.engine.manifest.json``. Plain JSON, one
+level of nesting, so C++ and shell tools can read it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import RuntimeInputError
+
+__all__ = ["FORMAT", "Manifest", "manifest_path", "sha256_file", "write_json_atomic"]
+
+FORMAT = "polypseg-manifest"
+VERSION = 1
+
+
+def manifest_path(model_path: str | os.PathLike[str]) -> Path:
+    """``x.onnx`` → ``x.manifest.json``; ``x.engine`` → ``x.engine.manifest.json``."""
+    p = Path(model_path)
+    if p.suffix == ".onnx":
+        return p.with_suffix(".manifest.json")
+    return p.with_name(p.name + ".manifest.json")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@dataclass
+class Manifest:
+    """What an exported model is and how to feed it.
+
+    Preprocessing: RGB image resized to ``input_hw`` (bilinear), scaled to [0, 1], ``(x − mean)/std``, NCHW.
+    Postprocessing: ``output_activation`` on the logits, foreground where probability > ``threshold``.
+    """
+
+    model: str
+    input_hw: list[int]
+    mean: list[float]
+    std: list[float]
+    in_channels: int = 3
+    num_classes: int = 1
+    output_activation: str = "sigmoid"
+    threshold: float = 0.5
+    input_name: str = "input"
+    output_name: str = "logits"
+    io_dtype: str = "float32"
+    dynamic_batch: bool = False
+    precision: str = "fp32"
+    quant_flavour: str = ""
+    opset: int = 17
+    ir_version: int = 0
+    onnx_sha256: str = ""
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    plugins: list[str] = field(default_factory=list)
+    fp32_ops: list[str] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)
+    export_config: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    toolkit_version: str = ""
+    format: str = FORMAT
+    version: int = VERSION
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Manifest:
+        """Read a manifest (or the manifest beside a model file)."""
+        p = Path(path)
+        if p.suffix in (".onnx", ".engine", ".plan") or not p.name.endswith(".json"):
+            p = manifest_path(p)
+        if not p.is_file():
+            raise RuntimeInputError(
+                f"no manifest {str(p)!r} beside the model: export it with `python -m export.onnx` (the runtime takes "
+                "its preprocessing constants only from the manifest)"
+            )
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise RuntimeInputError(f"manifest {str(p)!r} is not valid JSON: {e}") from None
+        if d.get("format") != FORMAT:
+            raise RuntimeInputError(f"{str(p)!r} is not a polypseg manifest (format {d.get('format')!r})")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:
+            raise RuntimeInputError(f"manifest {str(p)!r} lacks a field: {e}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return write_json_atomic(path, asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
