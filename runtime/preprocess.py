@@ -39,18 +39,22 @@ def overlay_reference(
     bgr: np.ndarray,
     logits: np.ndarray,
     threshold: float = 0.5,
-    color: Sequence[int] = (0, 255, 0),
+    fill: Sequence[int] = (0, 255, 0),
     alpha: float = 0.4,
-    contour_color: Sequence[int] = (0, 255, 255),
-    thickness: int = 2,
-) -> np.ndarray:
-    """Annotated BGR frame: translucent fill where p > threshold plus the outline of the predicted region."""
-    mask = (probability_reference(logits, bgr.shape[:2]) > threshold).astype(np.uint8)
+    outline: Sequence[int] = (0, 255, 255),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Annotated copy of ``bgr`` and the binary mask: resize the logits to the frame (bilinear), sigmoid >
+    threshold, translucent fill ``(p·(256 − a) + c·a + 128) >> 8`` with ``a = round(alpha·256)``, and a 2-pixel
+    outline where a 3×3 neighbourhood holds both classes (dilate ≠ erode)."""
+    lg = np.asarray(logits, np.float32).reshape(logits.shape[-2:])
+    prob = 1.0 / (1.0 + np.exp(-cv2.resize(lg, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR)))
+    mask = (prob > threshold).astype(np.uint8)
+    k = np.ones((3, 3), np.uint8)
+    edge = cv2.dilate(mask, k) != cv2.erode(mask, k)
     out = bgr.copy()
-    fill = np.empty_like(bgr)
-    fill[:] = np.asarray(color, np.uint8)
-    m = mask.astype(bool)
-    out[m] = (bgr[m].astype(np.float32) * (1 - alpha) + fill[m].astype(np.float32) * alpha + 0.5).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in contour_color), thickness)
-    return out
+    a = int(round(alpha * 256))
+    inside = mask.astype(bool) & ~edge
+    px = out[inside].astype(np.int32)
+    out[inside] = ((px * (256 - a) + np.asarray(fill, np.int32) * a + 128) >> 8).astype(np.uint8)
+    out[edge] = np.asarray(outline, np.uint8)
+    return out, mask

@@ -1,0 +1,79 @@
+// nanobind bindings of the hot path: NumPy arrays in, no copies, the GIL released while C++ runs.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/optional.h>
+
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "../src/hotpath.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using Frame = nb::ndarray<uint8_t, nb::ndim<3>, nb::device::cpu>;
+using F32_2D = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+int default_threads(int t) {
+  if (t > 0) return t;
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+
+void check_frame(const Frame& f, const char* what) {
+  if (f.shape(2) != 3) throw std::invalid_argument(std::string(what) + ": expected a BGR frame [H, W, 3]");
+  if (f.stride(2) != 1 || f.stride(1) != 3)
+    throw std::invalid_argument(std::string(what) + ": pixels must be packed (row stride may differ)");
+}
+
+void preprocess(Frame src, nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> dst, std::array<float, 3> mean,
+                std::array<float, 3> stdv, int threads) {
+  check_frame(src, "preprocess src");
+  if (dst.shape(0) != 1 || dst.shape(1) != 3) throw std::invalid_argument("preprocess dst: expected [1, 3, h, w]");
+  const int h = static_cast<int>(dst.shape(2)), w = static_cast<int>(dst.shape(3));
+  float* f32 = nullptr;
+  uint16_t* f16 = nullptr;
+  if (dst.dtype() == nb::dtype<float>())
+    f32 = static_cast<float*>(dst.data());
+  else if (dst.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && dst.dtype().bits == 16)
+    f16 = static_cast<uint16_t*>(dst.data());
+  else
+    throw std::invalid_argument("preprocess dst: dtype must be float32 or float16");
+  nb::gil_scoped_release nogil;
+  polypseg::preprocess_bgr(static_cast<const uint8_t*>(src.data()), static_cast<int>(src.shape(0)),
+                           static_cast<int>(src.shape(1)), src.stride(0), h, w, mean.data(), stdv.data(), f32, f16,
+                           default_threads(threads));
+}
+
+int64_t overlay(Frame frame, F32_2D logits, float logit_threshold, std::array<uint8_t, 3> fill, int alpha256,
+                std::array<uint8_t, 3> outline, std::optional<nb::ndarray<uint8_t, nb::ndim<2>, nb::c_contig>> mask,
+                int threads) {
+  check_frame(frame, "overlay frame");
+  const int H = static_cast<int>(frame.shape(0)), W = static_cast<int>(frame.shape(1));
+  uint8_t* m = nullptr;
+  if (mask) {
+    if (mask->shape(0) != static_cast<size_t>(H) || mask->shape(1) != static_cast<size_t>(W))
+      throw std::invalid_argument("overlay mask: must be [H, W] like the frame");
+    m = mask->data();
+  }
+  nb::gil_scoped_release nogil;
+  return polypseg::overlay(static_cast<uint8_t*>(frame.data()), H, W, frame.stride(0), logits.data(),
+                           static_cast<int>(logits.shape(0)), static_cast<int>(logits.shape(1)), logit_threshold,
+                           fill.data(), alpha256, outline.data(), m, default_threads(threads));
+}
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+  m.doc() = "polypseg C++ hot path (pre/post-processing of video frames)";
+  m.def("preprocess", &preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a, "threads"_a = 0,
+        "BGR uint8 [H, W, 3] → normalised RGB planes written into dst [1, 3, h, w] (float32 or float16).");
+  m.def("overlay", &overlay, "frame"_a, "logits"_a, "logit_threshold"_a, "fill"_a, "alpha256"_a, "outline"_a,
+        "mask"_a = nb::none(), "threads"_a = 0,
+        "Annotate frame in place from logits [h, w]; returns the foreground pixel count.");
+  m.def("float_to_half", &polypseg::float_to_half, "x"_a);
+}
