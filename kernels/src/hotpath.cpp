@@ -145,9 +145,9 @@ uint16_t float_to_half(float f) {
   if (absx < 0x38800000u) {                                               // subnormal or zero
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);
     const uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
-    const int shift = 126 - static_cast<int>(absx >> 23);
-    uint32_t h = mant >> (shift + 1);
-    const uint32_t rem = mant & ((1u << (shift + 1)) - 1u), half = 1u << shift;
+    const int shift = 126 - static_cast<int>(absx >> 23);  // value = mant · 2^(e−150) = h · 2^−24
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
     if (rem > half || (rem == half && (h & 1u))) ++h;
     return static_cast<uint16_t>(sign | h);
   }
