@@ -46,6 +46,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -113,6 +114,16 @@ class Manifest:
             return cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
             raise RuntimeInputError(f"manifest {str(p)!r} lacks a field: {e}") from None
+
+    def check_matches(self, model_path: str | os.PathLike[str]) -> None:
+        """Refuse a manifest that describes another file (its recorded SHA-256 differs from the model's)."""
+        p = Path(model_path)
+        want = self.engine.get("engine_sha256") if p.suffix in (".engine", ".plan") else self.onnx_sha256
+        if want and sha256_file(p) != want:
+            raise RuntimeInputError(
+                f"the manifest beside {p.name} belongs to another model file ({self.model}, {self.precision}): "
+                "re-export the model so that file and manifest match"
+            )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_json_atomic(path, asdict(self))

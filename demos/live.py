@@ -1,0 +1,186 @@
+"""Live colonoscopy demo: every frame back with the polyp outlined, with honest latency figures.
+
+Usage::
+
+    python -m demos.live --source ../shared/data/cvc-clinicdb-clips/seq01/images --out seq01.mp4
+    python -m demos.live --source 0 --serve 127.0.0.1:8080            # a camera, viewed in a browser
+    python -m demos.live --source clip.mp4 --onnx model.onnx --backend ort --report stats.json
+    python -m demos.live --source rtsp://scope.local/stream --engine msnet-fp16.engine   # GPU box
+
+Defaults: the trained edge model (``msnet_effl0`` with the shipped ``msnet_effl0-kvasir`` checkpoint), exported to
+ONNX on first use and cached in ``~/.cache/polypseg/onnx``; INT8 on the fastest CPU backend installed (OpenVINO on
+x86, else ONNX Runtime), TensorRT when an engine is given on a GPU machine.
+
+Exit status: 0 = the source was processed to its end (or --max-frames); 2 = the source failed mid-stream (the report
+says why; the output written so far is intact); 1 = bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from runtime.backends import create_backend, default_backend
+from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
+from runtime.manifest import Manifest, manifest_path, write_json_atomic
+from runtime.pipeline import FrameProcessor, Pipeline, VideoSink
+from runtime.video import open_source
+
+CACHE = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
+DEFAULT_MODEL = "msnet_effl0"
+
+
+def resolve_model(args: argparse.Namespace, backend: str) -> Path:
+    """Path of the model file to run: --engine, --onnx, or an ONNX exported (and cached) from --model."""
+    if args.engine:
+        return Path(args.engine)
+    if args.onnx:
+        p = Path(args.onnx)
+        if not p.is_file():
+            raise RuntimeInputError(f"ONNX file {str(p)!r} does not exist")
+        Manifest.load(p)  # refuse an ONNX without manifest now, with one line
+        return p
+    try:
+        from export.errors import ExportError
+        from export.onnx import export_onnx
+        from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
+    except ImportError as e:
+        raise RuntimeInputError(
+            f"--model needs the export tools ({e.name} missing): pip install 'polypseg[export]', or pass --onnx PATH"
+        ) from None
+    ckpt = args.checkpoint or (f"{args.model}-kvasir" if (WEIGHTS_DIR / f"{args.model}-kvasir.pt").is_file() else None)
+    tag = "untrained"
+    if ckpt:
+        try:
+            tag = file_sha256(resolve_checkpoint(ckpt))[:12]
+        except ValueError as e:
+            raise RuntimeInputError(str(e)) from None
+    flavour = "qdq-u8" if (args.precision == "int8" and backend == "ort") else "qdq-s8"
+    name = f"{args.model}-{args.precision}{'-' + flavour if args.precision == 'int8' else ''}-{tag}.onnx"
+    path = CACHE / "onnx" / name
+    if not path.is_file():
+        print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)
+        try:
+            export_onnx(args.model, path, checkpoint=ckpt, precision=args.precision, int8_flavour=flavour,
+                        calib_data=args.calib_data, calib_count=args.calib_count, progress=sys.stderr.isatty(),
+                        log=lambda *a: print(*a, file=sys.stderr))
+        except ExportError as e:
+            raise RuntimeInputError(str(e)) from None
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m demos.live", description=__doc__.split("\n")[0])
+    p.add_argument("--source", required=True, help="camera index, video file, frame folder or stream URL")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL})")
+    g.add_argument("--onnx", help="an exported ONNX (its manifest must sit beside it)")
+    g.add_argument("--engine", help="a TensorRT engine (GPU machines)")
+    p.add_argument("--checkpoint", help="checkpoint for --model (default: the shipped <model>-kvasir)")
+    p.add_argument("--backend", choices=("auto", "ort", "openvino", "trt"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8", help="for --model exports")
+    p.add_argument("--calib-data", help="INT8 calibration frames for --model exports (default: the training data)")
+    p.add_argument("--calib-count", type=int, default=256)
+    p.add_argument("--out", help="write the annotated video here (.mp4)")
+    p.add_argument("--show", action="store_true", help="open a window (needs a display and GUI-enabled OpenCV)")
+    p.add_argument("--serve", metavar="HOST:PORT", help="stream the annotated video and statistics to a web page")
+    p.add_argument("--token", help="access token for --serve (required off loopback; generated when absent)")
+    p.add_argument("--report", help="write the JSON statistics here")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames")
+    p.add_argument("--loop", action="store_true", help="loop a file or folder (benchmarks)")
+    p.add_argument("--no-fast", dest="fast", action="store_false", help="use the OpenCV/NumPy reference pre/post")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _window_sink():
+    import cv2
+
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        print("warning: --show: no display here (DISPLAY unset); use --serve HOST:PORT instead", file=sys.stderr)
+        return None
+
+    def show(frame, info):
+        cv2.imshow("polypseg", frame)
+        cv2.waitKey(1)
+
+    try:
+        cv2.namedWindow("polypseg")
+    except cv2.error:
+        print("warning: --show: this OpenCV has no GUI support (opencv-python-headless); install opencv-python",
+              file=sys.stderr)
+        return None
+    return show
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    server = video = None
+    try:
+        backend_name = args.backend
+        if backend_name == "auto":
+            backend_name = "trt" if args.engine else default_backend()
+        if args.engine and backend_name != "trt":
+            raise RuntimeInputError("--engine runs on the TensorRT backend: drop --backend or pass --backend trt")
+        source = open_source(args.source, loop=args.loop)
+        model_path = resolve_model(args, backend_name)
+        manifest = Manifest.load(manifest_path(model_path))
+        manifest.check_matches(model_path)
+        backend = create_backend(backend_name, model_path, threads=args.threads).open()
+        processor = FrameProcessor(backend, manifest, fast=args.fast, threads=1)
+        processor.warmup()
+        sinks = []
+        if args.out:
+            video = VideoSink(args.out, source.fps)
+            sinks.append(video)
+        if args.serve:
+            from runtime.serve import FrameServer, parse_hostport
+
+            host, port = parse_hostport(args.serve)
+            server = FrameServer(host, port, args.token)
+            print(f"serving on {server.url}" + ("  (token required: keep this URL private)" if server.token else ""),
+                  flush=True)
+            sinks.append(server)
+        if args.show:
+            win = _window_sink()
+            if win:
+                sinks.append(win)
+    except (RuntimeInputError, BackendUnavailableError, EngineError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    pipe = Pipeline(source, processor, sinks, max_frames=args.max_frames)
+    signal.signal(signal.SIGTERM, lambda *a: pipe.stop())
+    if not args.quiet:
+        print(f"running {manifest.model} ({manifest.precision}{'/' + manifest.quant_flavour if manifest.quant_flavour else ''}"
+              f", {manifest.input_hw[0]}x{manifest.input_hw[1]}) on {backend.name} — source {source.name}"
+              f"{' (live)' if source.live else ''}", flush=True)
+    report = pipe.run()
+    backend.close()
+    if video:
+        report.outputs["video"] = video.close()
+    if server:
+        report.outputs["serve"] = server.url
+        server.close()
+    report.model = {"name": manifest.model, "precision": manifest.precision, "flavour": manifest.quant_flavour,
+                    "file": str(model_path), "backend": backend.name, "fast_path": processor.fast}
+    if args.report:
+        write_json_atomic(args.report, report.__dict__)
+        report.outputs["report"] = args.report
+    e2e = report.latency_ms.get("end_to_end", {})
+    if not args.quiet or report.error:
+        print(f"{report.frames} frames in {report.seconds:.1f} s: {report.fps:.1f} FPS, end-to-end p50 "
+              f"{e2e.get('p50', float('nan')):.1f} ms / p99 {e2e.get('p99', float('nan')):.1f} ms, dropped "
+              f"{report.dropped}; ended by {report.ended_by}" + (f": {report.error}" if report.error else ""))
+        for k, v in report.outputs.items():
+            print(f"{k}: {v}")
+    return 2 if report.error else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
