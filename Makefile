@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make test   — create/refresh .venv, install everything, run the test suite (what CI runs)
-#   make demo   — the live colonoscopy demo (lands with the runtime issue)
+#   make demo   — the live colonoscopy demo on a CVC-ClinicDB clip (annotated video + JSON report in artifacts/demo)
 # Both create or refresh their own environment in .venv; nothing else needs to be installed first.
 
 PYTHON ?= python3
@@ -28,9 +28,9 @@ env: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_SOURCE ?= ../shared/data/cvc-clinicdb-clips/seq01/images
 demo: $(STAMP)
-	@echo "The live demo (python -m demos.live) lands with the runtime issue; not available yet." >&2
-	@exit 2
+	$(PY) -m demos.live --source $(DEMO_SOURCE) --out artifacts/demo/demo.mp4 --report artifacts/demo/demo.json
 
 bench-models: $(STAMP)
 	$(PY) -m training.bench_models
