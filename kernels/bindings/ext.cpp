@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "../src/hotpath.h"
+#include "../cuda/hotpath_kernels.cuh"  // compiled here in CPU-emulation mode (compat.h), see tests/kernels
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -66,6 +67,40 @@ int64_t overlay(Frame frame, F32_2D logits, float logit_threshold, std::array<ui
                            fill.data(), alpha256, outline.data(), m, default_threads(threads));
 }
 
+// The CUDA kernels of kernels/cuda, executed on the CPU by the grid emulator (tests only; slow by design).
+void emu_preprocess(Frame src, nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> dst, std::array<float, 3> mean,
+                    std::array<float, 3> stdv) {
+  check_frame(src, "emu_preprocess src");
+  const int h = static_cast<int>(dst.shape(2)), w = static_cast<int>(dst.shape(3));
+  polypseg_cuda::float3_like scale, bias;
+  for (int c = 0; c < 3; ++c) {
+    scale.v[c] = 1.f / (255.f * stdv[c]);
+    bias.v[c] = -mean[c] / stdv[c];
+  }
+  const dim3 block(32, 8), grid((w + 31) / 32, (h + 7) / 8);
+  const auto* s = static_cast<const unsigned char*>(src.data());
+  const int H = static_cast<int>(src.shape(0)), W = static_cast<int>(src.shape(1));
+  if (dst.dtype() == nb::dtype<float>())
+    emulate_launch(grid, block, polypseg_cuda::preprocess_kernel<float>, s, H, W, (long long)src.stride(0), h, w,
+                   scale, bias, static_cast<float*>(dst.data()));
+  else
+    emulate_launch(grid, block, polypseg_cuda::preprocess_kernel<pp_half>, s, H, W, (long long)src.stride(0), h, w,
+                   scale, bias, static_cast<pp_half*>(dst.data()));
+}
+
+uint64_t emu_overlay(Frame frame, F32_2D logits, float thr, std::array<uint8_t, 3> fill, int alpha256,
+                     std::array<uint8_t, 3> outline) {
+  check_frame(frame, "emu_overlay frame");
+  const int H = static_cast<int>(frame.shape(0)), W = static_cast<int>(frame.shape(1));
+  polypseg_cuda::uchar3_like f{{fill[0], fill[1], fill[2]}}, o{{outline[0], outline[1], outline[2]}};
+  unsigned long long count = 0;
+  const dim3 block(32, 8), grid((W + 31) / 32, (H + 7) / 8);
+  emulate_launch(grid, block, polypseg_cuda::overlay_kernel, static_cast<unsigned char*>(frame.data()), H, W,
+                 (long long)frame.stride(0), logits.data(), (int)logits.shape(0), (int)logits.shape(1), thr, f,
+                 alpha256, o, &count);
+  return count;
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -76,4 +111,8 @@ NB_MODULE(_ext, m) {
         "mask"_a = nb::none(), "threads"_a = 0,
         "Annotate frame in place from logits [h, w]; returns the foreground pixel count.");
   m.def("float_to_half", &polypseg::float_to_half, "x"_a);
+  m.def("emu_preprocess", &emu_preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a,
+        "CPU execution of the CUDA preprocess kernel (tests).");
+  m.def("emu_overlay", &emu_overlay, "frame"_a, "logits"_a, "logit_threshold"_a, "fill"_a, "alpha256"_a, "outline"_a,
+        "CPU execution of the CUDA overlay kernel (tests); returns the foreground pixel count.");
 }
