@@ -137,6 +137,10 @@ def compare(
                 export_onnx(model_name, path, checkpoint=checkpoint, precision=precision, input_hw=hw,
                             int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,
                             progress=False, log=lambda *a: None, **calib_kw)
+            if backend == "trt":
+                path = _engine_for(path)
+                if path is None:
+                    continue
             try:
                 be = create_backend(backend, path, threads=threads)
                 with be:
@@ -151,6 +155,19 @@ def compare(
             rows.append(row)
             log(_fmt(row))
     return rows
+
+
+def _engine_for(onnx_path: Path) -> Path | None:
+    """A TensorRT engine of ``onnx_path`` (built once, cached), or None without a GPU and TensorRT."""
+    from .trt import _why_no_engine, build_engine
+    from runtime.manifest import Manifest
+
+    if _why_no_engine():
+        return None
+    engine = onnx_path.with_suffix(".engine")
+    if not engine.is_file():
+        build_engine(onnx_path, engine, Manifest.load(onnx_path), log=lambda *a: None)
+    return engine
 
 
 def _fmt(r: dict[str, Any]) -> str:
