@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._io import write_bytes_atomic
 from .checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
 from .data import DataError, EvalDataset, find_pairs
 from .metrics import METRIC_KEYS, SegMetrics
@@ -81,21 +81,7 @@ def _write_png_atomic(path: Path, img: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"cannot encode {path}")
-    _write_bytes_atomic(path, buf.tobytes())
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def save_grid(ds: EvalDataset, preds: Sequence[np.ndarray], path: str | Path, n: int = 8, threshold: float = 0.5) -> None:
@@ -182,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{name} on {args.data} ({len(ds)} images, input {hw[0]}x{hw[1]}, {extras['seconds']:.1f} s)")
     print(format_table(results, extras))
     if args.json:
-        _write_bytes_atomic(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())
+        write_bytes_atomic(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     if args.grid:
         save_grid(ds, extras["preds"], args.grid)

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .data import DataError, EvalDataset, TrainDataset, epoch_sizes, find_pairs, multiscale_collate
-from .evaluate import _write_bytes_atomic, evaluate_dataset
+from ._io import write_bytes_atomic
+from .evaluate import evaluate_dataset
 from .losses import structure_loss
 from .models.registry import UnknownModelError, create_model, get_spec
 
@@ -221,7 +222,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                   val_images=len(val_ds) if val_ds is not None else 0)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_bytes_atomic(out / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
+        write_bytes_atomic(out / "config.json", (json.dumps(config, indent=2, default=str) + "\n").encode())
         print(f"training {args.model} on {len(ds)} images (sizes {sizes}, batch {args.batch_size}×{world}), "
               f"{args.epochs} epochs → {out}", flush=True)
 
@@ -285,7 +286,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             _append_csv(out / "log.csv", row)
             plot_curves(out / "log.csv", out / "curves.png")
             if sync_log:
-                _write_bytes_atomic(out / "ddp_sync.json", json.dumps(sync_log, indent=1).encode())
+                write_bytes_atomic(out / "ddp_sync.json", json.dumps(sync_log, indent=1).encode())
             val = f" val mDice {row['val_mDice']:.4f} mIoU {row['val_mIoU']:.4f}" if "val_mDice" in row else ""
             print(f"epoch {epoch + 1}/{args.epochs} lr {lr:.2e} loss {train_loss:.4f}{val} ({row['epoch_s']} s)",
                   flush=True)
