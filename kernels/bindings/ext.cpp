@@ -10,6 +10,7 @@
 
 #include "../src/hotpath.h"
 #include "../cuda/hotpath_kernels.cuh"  // compiled here in CPU-emulation mode (compat.h), see tests/kernels
+#include "../cuda/selftest_kernels.cuh"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -101,6 +102,27 @@ uint64_t emu_overlay(Frame frame, F32_2D logits, float thr, std::array<uint8_t, 
   return count;
 }
 
+// Emulator self-test: block sums with and without the first barrier (fiber scheduler, poisoned shared memory).
+nb::ndarray<nb::numpy, float, nb::ndim<1>> emu_block_sum(nb::ndarray<const float, nb::ndim<1>, nb::c_contig> in,
+                                                          int block, bool first_barrier) {
+  if (block <= 0 || block > 1024 || (block & (block - 1)))
+    throw std::invalid_argument("block must be a power of two in 1..1024");
+  const int n = static_cast<int>(in.shape(0));
+  const int nblocks = (n + block - 1) / block;
+  auto* out = new float[nblocks];
+  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  if (first_barrier)
+    pp_fiber::launch(dim3(nblocks), dim3(block), polypseg_selftest::block_sum_kernel<true>, in.data(), out, n);
+  else
+    pp_fiber::launch(dim3(nblocks), dim3(block), polypseg_selftest::block_sum_kernel<false>, in.data(), out, n);
+  return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {static_cast<size_t>(nblocks)}, owner);
+}
+
+void emu_divergent_barrier() {
+  float out[32] = {};
+  pp_fiber::launch(dim3(1), dim3(32), polypseg_selftest::divergent_barrier_kernel, out);
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -111,6 +133,8 @@ NB_MODULE(_ext, m) {
         "mask"_a = nb::none(), "threads"_a = 0,
         "Annotate frame in place from logits [h, w]; returns the foreground pixel count.");
   m.def("float_to_half", &polypseg::float_to_half, "x"_a);
+  m.def("emu_block_sum", &emu_block_sum, "x"_a, "block"_a, "first_barrier"_a = true);
+  m.def("emu_divergent_barrier", &emu_divergent_barrier);
   m.def("emu_preprocess", &emu_preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a,
         "CPU execution of the CUDA preprocess kernel (tests).");
   m.def("emu_overlay", &emu_overlay, "frame"_a, "logits"_a, "logit_threshold"_a, "fill"_a, "alpha256"_a, "outline"_a,

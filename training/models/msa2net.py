@@ -1,0 +1,784 @@
+"""MSA²Net: multi-scale adaptive attention-guided network, as the released code runs it.
+
+* MSA²Net — Ghorbani Kolahi, Kamali, Azad, Merhof et al., "MSA²Net: Multi-scale Adaptive Attention-guided Network
+  for Medical Image Segmentation", BMVC 2024 (oral), arXiv 2407.21640. Official code: xmindflow/MSA-2Net (MIT).
+
+Written from ``shared/docs/models.md`` §5 (no code copied). What is built here is the network the official code
+*executes*, not the one the paper counts:
+
+* **Encoder** — MaxViT-S "rw" with an MLP relative-position bias, timm ``maxvit_rmlp_small_rw_224`` (stem 3→32→64,
+  stages 96/192/384/768 × (2, 2, 5, 2) blocks of MBConv → 7×7 window attention → 7×7 grid attention, final
+  LayerNorm2d on stage 4 only). The parameter names are timm's (prefix ``backbone.backbone.``), minus ``head.*``,
+  so timm ImageNet weights load with ``pretrained=<path>`` and official MSA²Net checkpoints load with
+  :func:`training.load_model`.
+* **Decoder** — the official ``MyDecoderLayerDAEFormer`` defines ``__init__``/``forward`` twice and Python keeps
+  the second pair, so ``decoder_2`` is an LKA decoder with a *plain addition* of the skip; ``decoder_1`` and
+  ``decoder_0`` use the MASAG gate (``cat = x1 + MASAG(x=skip, g=x1)``); ``decoder_3`` only runs its PatchExpand.
+  The modules the official model registers but never calls are registered here too (so checkpoints load
+  strictly): ``decoder_3.{x1_linear, ag_attn, ag_attn_norm, layer_lka_1, layer_lka_2}``, ``decoder_2.ag_attn`` and
+  ``backbone.conv`` (22.6 M parameters in total; they receive no gradient).
+* **Token scramble** — the official decoder reinterprets token memory ``(B, HW, C)`` as ``(B, C, H, W)`` with
+  ``.view`` (not a transpose) before its convolutions, and reinterprets the result back with the inverse ``.view``.
+  This is reproduced by default (``token_scramble=True``) so that official weights give official outputs;
+  ``token_scramble=False`` uses the correct NHWC↔NCHW permutation instead (a different network: train it from
+  scratch or from the ImageNet encoder only).
+
+Input channels: the official model takes a 1-channel CT slice, normalised (x − 0.5)/0.5, and repeats it to 3
+channels (``in_channels=1``). Its 1→3 "adapter" ``backbone.conv`` (1×1 conv + BN + ReLU) is registered but never
+runs. Here ``backbone.conv.0`` is a ``Conv2d(in_channels, 3, 1)`` so that :func:`training.load_model` can infer
+``in_channels`` from a checkpoint (official: 1). ``in_channels=3`` (the polyp default, RGB with mean = std = 0.5)
+feeds the encoder directly and the adapter stays unused; ``in_channels=1`` repeats (official); any other count
+runs the adapter (conv + BN + ReLU) to get 3 channels.
+
+Output: ``[B, num_classes, H, W]`` logits at the input size. The registry's ``output_activation`` is ``"sigmoid"``
+for the single-class polyp default; a multi-class model (the official Synapse one has 9 classes) needs a softmax
+over the class axis, which is the runtime's job.
+
+Fixed size: window/grid size (``H // 32``) and the decoder's token grids are fixed at construction, so the model
+only accepts its ``input_hw`` (224×224 by default; other multiples of 32 can be built with ``input_hw=(S, S)``, the
+rel-pos MLP weights do not depend on the size).
+
+Example:
+    >>> import torch
+    >>> from training import create_model
+    >>> model = create_model("msa2net").eval()
+    >>> logits = model(torch.randn(1, 3, 224, 224))   # [1, 1, 224, 224]
+    >>> official = create_model("msa2net", in_channels=1, num_classes=9)   # Synapse configuration
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import InputCheckMixin
+from .registry import register_model
+
+__all__ = ["MaxViTRmlpSmall", "Msa2Net", "MultiScaleGatedAttn", "load_maxvit_imagenet"]
+
+ENCODER_DIMS = (96, 192, 384, 768)
+ENCODER_DEPTHS = (2, 2, 5, 2)
+STEM_WIDTHS = (32, 64)
+HEAD_DIM = 32
+
+
+def _eager() -> bool:
+    """False while tracing/exporting/compiling (shape checks on tensors are skipped there)."""
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+# ============================================================================ encoder: MaxViT-S rmlp rw 224
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm2d followed by an optional activation; the state_dict is a plain BatchNorm2d's (timm naming)."""
+
+    def __init__(self, channels: int, act: bool = True, eps: float = 1e-5) -> None:
+        super().__init__(channels, eps=eps)
+        self.act = nn.SiLU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class SqueezeExcite(nn.Module):
+    """timm ``SEModule``: global mean → 1×1 conv (bias) → SiLU → 1×1 conv (bias) → sigmoid gate."""
+
+    def __init__(self, channels: int, rd_channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, rd_channels, 1)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Conv2d(rd_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(s)
+
+
+class Downsample2d(nn.Module):
+    """MBConv shortcut of a strided block: 2×2 average pool, then a 1×1 conv without bias (``expand``)."""
+
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.expand = nn.Conv2d(dim, dim_out, 1, bias=False) if dim != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.pool(x))
+
+
+class MbConvBlock(nn.Module):
+    """Pre-norm inverted bottleneck of the "rw" configs (expansion from the *input* width, no output biases).
+
+    pre_norm BN (no act) → 1×1 expand ×4 → BN+SiLU → depthwise 3×3 (stride) → BN+SiLU → SE(1/16) → 1×1 project,
+    plus the shortcut (identity, or avg-pool 2×2 + 1×1 conv when strided).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1) -> None:
+        super().__init__()
+        mid = in_chs * 4
+        self.shortcut = Downsample2d(in_chs, out_chs) if stride == 2 else nn.Identity()
+        self.pre_norm = BatchNormAct2d(in_chs, act=False)
+        self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.norm1 = BatchNormAct2d(mid)
+        self.conv2_kxk = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.norm2 = BatchNormAct2d(mid)
+        self.se = SqueezeExcite(mid, mid // 16)
+        self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
+        x = self.se(self.norm2(self.conv2_kxk(x)))
+        return self.conv3_1x1(x) + shortcut
+
+
+class _Mlp(nn.Module):
+    """fc1 → activation → (dropout) → fc2 (timm ``Mlp`` keys)."""
+
+    def __init__(self, dim: int, hidden: int, out: int, act: type[nn.Module], drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop1(self.act(self.fc1(x))))
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(ws², ws²) index into the (2ws−1)² offset table, for offsets ``q − k``, row-major over (dh, dw).
+
+    Equals timm's ``torch.unique(..., return_inverse=True)`` construction, since every offset occurs and unique
+    sorts them lexicographically.
+    """
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)  # 2, L
+    rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)  # 2, L, L
+    return rel[0] * (2 * ws - 1) + rel[1]
+
+
+def relative_log_coords(ws: int) -> torch.Tensor:
+    """(2ws−1, 2ws−1, 2) table of sign(d)·log(1 + |d|) for the offsets (dh, dw) — timm's 'cr' mode."""
+    r = torch.arange(-(ws - 1), ws, dtype=torch.float32)
+    table = torch.stack(torch.meshgrid(r, r, indexing="ij")).permute(1, 2, 0).contiguous()
+    return torch.sign(table) * torch.log1p(table.abs())
+
+
+class RelPosMlp(nn.Module):
+    """Relative-position bias from an MLP (2 → 512, ReLU, Dropout 0.125 → heads) on constant log coordinates.
+
+    The bias (1, heads, ws², ws²) depends only on the weights, never on the input (constant-foldable).
+    """
+
+    def __init__(self, window: int, num_heads: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.window = window
+        self.num_heads = num_heads
+        self.mlp = _Mlp(2, hidden, num_heads, nn.ReLU, drop=0.125)
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self.register_buffer("rel_coords_log", relative_log_coords(window), persistent=False)
+
+    def get_bias(self) -> torch.Tensor:
+        area = self.window * self.window
+        table = self.mlp(self.rel_coords_log).reshape(-1, self.num_heads)
+        bias = table[self.relative_position_index.reshape(-1)].reshape(area, area, self.num_heads)
+        return bias.permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        return attn + self.get_bias()
+
+
+class AttentionCl(nn.Module):
+    """Channels-last multi-head self-attention, head dim 32, with timm's "head-first" qkv channel layout.
+
+    qkv's 3·C outputs are grouped per head as [q | k | v] (each 32 wide), not as [all q | all k | all v].
+    """
+
+    def __init__(self, dim: int, window: int) -> None:
+        super().__init__()
+        self.num_heads = dim // HEAD_DIM
+        self.scale = HEAD_DIM**-0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.rel_pos = RelPosMlp(window, self.num_heads)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, ws, ws, C)
+        n, a, b, c = x.shape
+        qkv = self.qkv(x).reshape(n, a * b, self.num_heads, 3 * HEAD_DIM).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=3)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = self.rel_pos(attn).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(n, a, b, c)
+        return self.proj(out)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) → (B·H/ws·W/ws, ws, ws, C): contiguous ws×ws blocks."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws, ws, c)
+
+
+def window_reverse(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    x = x.reshape(-1, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def grid_partition(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, H, W, C) → (B·H/g·W/g, g, g, C): a g×g grid of pixels strided H/g apart (dilated "windows")."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, g, h // g, g, w // g, c).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, g, g, c)
+
+
+def grid_reverse(x: torch.Tensor, g: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    x = x.reshape(-1, h // g, w // g, g, g, c).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class PartitionAttentionCl(nn.Module):
+    """LN → window (or grid) attention → LayerScale → residual; LN → MLP ×4 (GELU) → LayerScale → residual."""
+
+    def __init__(self, dim: int, window: int, grid: bool, feat_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.window, self.grid, self.feat_hw = window, grid, feat_hw
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = AttentionCl(dim, window)
+        self.ls1 = LayerScale(dim, 1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _Mlp(dim, 4 * dim, dim, nn.GELU)
+        self.ls2 = LayerScale(dim, 1e-6)
+
+    def _partition_attn(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.feat_hw
+        if self.grid:
+            return grid_reverse(self.attn(grid_partition(x, self.window)), self.window, h, w)
+        return window_reverse(self.attn(window_partition(x, self.window)), self.window, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self._partition_attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class MaxxVitBlock(nn.Module):
+    """MBConv (NCHW) → window attention → grid attention (both channels-last)."""
+
+    def __init__(self, dim: int, dim_out: int, stride: int, window: int, feat_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = MbConvBlock(dim, dim_out, stride)
+        self.attn_block = PartitionAttentionCl(dim_out, window, grid=False, feat_hw=feat_hw)
+        self.attn_grid = PartitionAttentionCl(dim_out, window, grid=True, feat_hw=feat_hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).permute(0, 2, 3, 1)
+        x = self.attn_grid(self.attn_block(x))
+        return x.permute(0, 3, 1, 2)
+
+
+class MaxxVitStage(nn.Module):
+    def __init__(self, dim: int, dim_out: int, depth: int, window: int, feat_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[MaxxVitBlock(dim if i == 0 else dim_out, dim_out, 2 if i == 0 else 1, window, feat_hw) for i in range(depth)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Stem(nn.Module):
+    """conv 3×3 stride 2 (3→32, no bias) → BN + SiLU → conv 3×3 (32→64, no bias)."""
+
+    def __init__(self, in_chs: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, STEM_WIDTHS[0], 3, stride=2, padding=1, bias=False)
+        self.norm1 = BatchNormAct2d(STEM_WIDTHS[0])
+        self.conv2 = nn.Conv2d(STEM_WIDTHS[0], STEM_WIDTHS[1], 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.norm1(self.conv1(x)))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _init_conv(m: nn.Module) -> None:
+    # timm "vit_eff" scheme for conv blocks: EfficientNet-like normal(0, sqrt(2 / fan_out)), zero bias.
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            fan_out = mod.kernel_size[0] * mod.kernel_size[1] * mod.out_channels // mod.groups
+            nn.init.normal_(mod.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+
+
+def _init_transformer(m: nn.Module) -> None:
+    # timm "vit_eff" scheme for attention blocks: xavier-uniform, biases zero (normal 1e-6 inside MLPs).
+    for name, mod in m.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(mod.weight)
+            if mod.bias is not None:
+                if "mlp" in name:
+                    nn.init.normal_(mod.bias, std=1e-6)
+                else:
+                    nn.init.zeros_(mod.bias)
+
+
+class MaxViTRmlpSmall(nn.Module):
+    """timm ``maxvit_rmlp_small_rw_224`` without its classifier head, returning the four stage outputs.
+
+    Args:
+        img_hw: input size; the window/grid size is ``H // 32`` (7 at 224², fixed at construction).
+
+    ``forward_features(x)`` returns ``[96@H/4, 192@H/8, 384@H/16, norm(768@H/32)]`` (shallowest first).
+    """
+
+    def __init__(self, img_hw: tuple[int, int] = (224, 224)) -> None:
+        super().__init__()
+        h, w = img_hw
+        window = h // 32
+        self.stem = Stem(3)
+        stages = []
+        in_chs = STEM_WIDTHS[1]
+        for i, (dim, depth) in enumerate(zip(ENCODER_DIMS, ENCODER_DEPTHS)):
+            s = 4 * 2**i
+            stages.append(MaxxVitStage(in_chs, dim, depth, window, (h // s, w // s)))
+            in_chs = dim
+        self.stages = nn.Sequential(*stages)
+        self.norm = LayerNorm2d(ENCODER_DIMS[-1], eps=1e-6)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _init_conv(self.stem)
+        for stage in self.stages:
+            for blk in stage.blocks:
+                _init_conv(blk.conv)
+                _init_transformer(blk.attn_block)
+                _init_transformer(blk.attn_grid)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            feats.append(self.norm(x) if i == len(self.stages) - 1 else x)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_features(x)
+
+
+class MaxViT4Out(nn.Module):
+    """The official ``MaxViT4Out_Small`` wrapper: an input adapter ``conv`` and the MaxViT ``backbone``.
+
+    Returns the four features deepest first: (768@H/32, 384@H/16, 192@H/8, 96@H/4).
+    """
+
+    def __init__(self, in_channels: int, img_hw: tuple[int, int]) -> None:
+        super().__init__()
+        # Official: Conv2d(1, 3, 1) + BN + ReLU, never run (Msa2Net.forward repeats 1-channel input first).
+        # Here the conv's input width records in_channels; it runs only for in_channels not in (1, 3).
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, 3, 1), nn.BatchNorm2d(3), nn.ReLU())
+        self.backbone = MaxViTRmlpSmall(img_hw)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.shape[1] != 3:
+            x = self.conv(x)
+        f = self.backbone(x)
+        return f[3], f[2], f[1], f[0]
+
+
+def load_maxvit_imagenet(encoder: MaxViTRmlpSmall, path: str | os.PathLike[str]) -> None:
+    """Load timm ``maxvit_rmlp_small_rw_224`` ImageNet weights (``maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth``, or
+    timm 1.0 ``maxvit_rmlp_small_rw_224.sw_in1k``) from a local file; ``head.*`` is dropped, the rest is strict.
+
+    Nothing is downloaded. Raises ``ValueError`` naming missing/unexpected keys.
+    """
+    p = os.fspath(path)
+    if p.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover - optional dependency
+            raise ValueError(f"{p!r} is a safetensors file but the 'safetensors' package is not installed") from None
+        obj: Any = load_file(p)
+    else:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    sd: Mapping[str, Any] = obj
+    for key in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    missing, unexpected = encoder.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{p!r} is not a maxvit_rmlp_small_rw_224 state_dict: {len(missing)} missing keys "
+            f"({', '.join(missing[:4])}), {len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})"
+        )
+
+
+# ============================================================================ MASAG
+class ContextExtraction(nn.Module):
+    """MASAG local branch: depthwise 3×3 → BN → ReLU → *dense* 3×3 dilation 2 → BN → ReLU; 1×1 conv → BN."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dconv = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(),
+            nn.Conv2d(dim, dim, 3, padding=2, dilation=2),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(),
+        )
+        self.proj = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dconv(x))
+
+
+class GlobalExtraction(nn.Module):
+    """MASAG global branch: [channel mean, channel max] → 1×1 conv 2→1 → BN(1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(2, 1, 1), nn.BatchNorm2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat((x.mean(1, keepdim=True), x.amax(1, keepdim=True)), dim=1))
+
+
+class MultiscaleFusion(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.local = ContextExtraction(dim)
+        self.global_ = GlobalExtraction()
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.local(x) + self.global_(g))  # the 1-channel global map broadcasts over C
+
+
+class MultiScaleGatedAttn(nn.Module):
+    """MASAG (models.md §5.2): x = encoder skip, g = decoder feature, both (B, C, H, W) → (B, C, H, W)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.multi = MultiscaleFusion(dim)
+        self.selection = nn.Conv2d(dim, 2, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.bn = nn.BatchNorm2d(dim)
+        self.bn_2 = nn.BatchNorm2d(dim)
+        self.conv_block = nn.Sequential(nn.Conv2d(dim, dim, 1))
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        w = F.softmax(self.selection(self.multi(x, g)), dim=1)
+        a, b = w[:, 0:1], w[:, 1:2]
+        x_att = a * x + x
+        g_att = b * g + g
+        g_att_2 = torch.sigmoid(x_att) * g_att
+        x_att_2 = torch.sigmoid(g_att) * x_att
+        projected = torch.sigmoid(self.bn(self.proj(x_att_2 * g_att_2)))
+        return self.bn_2(self.conv_block(projected * x))
+
+
+# ============================================================================ decoder
+class PatchExpand(nn.Module):
+    """Linear C→2C (no bias), each token's 2C channels → a 2×2 block of C/2 (row, col, channel order), LN(C/2).
+
+    Tokens (B, H·W, C) in, tokens (B, 4·H·W, C/2) out; (H, W) is fixed at construction.
+    """
+
+    def __init__(self, dim: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.expand = nn.Linear(dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.resolution
+        x = self.expand(x)
+        b, n, c = x.shape
+        if _eager() and n != h * w:
+            raise ValueError(f"PatchExpand expects {h}x{w} = {h * w} tokens, got {n}")
+        x = x.reshape(b, h, w, 2, 2, c // 4).permute(0, 1, 3, 2, 4, 5).reshape(b, 4 * h * w, c // 4)
+        return self.norm(x)
+
+
+class FinalPatchExpand_X4(nn.Module):  # noqa: N801 - official class name
+    """Linear C→16C (no bias), each token → a 4×4 block of C channels, LN(C): (B, H·W, C) → (B, 16·H·W, C)."""
+
+    def __init__(self, dim: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.expand = nn.Linear(dim, 16 * dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.resolution
+        x = self.expand(x)
+        b, n, c = x.shape
+        if _eager() and n != h * w:
+            raise ValueError(f"FinalPatchExpand_X4 expects {h}x{w} = {h * w} tokens, got {n}")
+        x = x.reshape(b, h, w, 4, 4, c // 16).permute(0, 1, 3, 2, 4, 5).reshape(b, 16 * h * w, c // 16)
+        return self.norm(x)
+
+
+class LKA(nn.Module):
+    """Large-kernel attention: depthwise 5×5 → depthwise 7×7 dilation 3 → 1×1; multiplies its input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv1(self.conv_spatial(self.conv0(x)))
+
+
+class SpatialAttention(nn.Module):
+    """proj_1 1×1 → GELU → LKA → proj_2 1×1 → + input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.activation = nn.GELU()
+        self.spatial_gating_unit = LKA(dim)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x)))) + x
+
+
+class DWConv(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dwconv(x)
+
+
+class ConvMlp(nn.Module):
+    """fc1 1×1 C→4C → depthwise 3×3 → GELU → fc2 1×1 4C→C."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.dwconv = DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x))))
+
+
+def _ln_channels(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over dim 1 of an NCHW tensor, applied channels-last (as the official code does)."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LKABlock(nn.Module):
+    """x + ls1·SpatialAttention(LN(x)); then x + ls2·ConvMlp(LN(x)). NCHW, LayerScale init 1e-2, no drop-path."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.layer_scale_1 = nn.Parameter(1e-2 * torch.ones(dim))
+        self.layer_scale_2 = nn.Parameter(1e-2 * torch.ones(dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SpatialAttention(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = ConvMlp(dim, 4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.layer_scale_1[:, None, None] * self.attn(_ln_channels(self.norm1, x))
+        return x + self.layer_scale_2[:, None, None] * self.mlp(_ln_channels(self.norm2, x))
+
+
+class DecoderLayer(nn.Module):
+    """One MSA²Net decoder stage, in the form the official code executes.
+
+    Args:
+        dim: token width C at this stage (the skip has the same width).
+        resolution: token grid (H, W) of this stage.
+        skip: ``"none"`` (decoder_3: only ``layer_up`` runs), ``"add"`` (decoder_2, second class definition:
+            ``x1 + skip``) or ``"masag"`` (decoder_1/0: ``x1 + MASAG(x=skip, g=x1)``).
+        num_classes: set for the last stage (decoder_0): ``FinalPatchExpand_X4`` + 1×1 ``last_layer``.
+        token_scramble: reproduce the official ``.view`` reinterpretations (see the module docstring).
+
+    Every official submodule is registered whether it runs or not, so the state_dict matches the official one.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        skip: str,
+        num_classes: int | None = None,
+        token_scramble: bool = True,
+    ) -> None:
+        super().__init__()
+        if skip not in ("none", "add", "masag"):
+            raise ValueError(f"skip must be 'none', 'add' or 'masag', got {skip!r}")
+        self.dim, self.resolution, self.skip, self.token_scramble = dim, resolution, skip, token_scramble
+        self.is_last = num_classes is not None
+        self.x1_linear = nn.Linear(dim, dim)
+        self.ag_attn = MultiScaleGatedAttn(dim)
+        self.ag_attn_norm = nn.LayerNorm(dim)
+        if self.is_last:
+            self.layer_up: nn.Module = FinalPatchExpand_X4(dim, resolution)
+            self.last_layer = nn.Conv2d(dim, int(num_classes), 1)  # type: ignore[arg-type]
+        else:
+            self.layer_up = PatchExpand(dim, resolution)
+            self.last_layer = None
+        self.layer_lka_1 = LKABlock(dim)
+        self.layer_lka_2 = LKABlock(dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Official decoder init: xavier-uniform Linear/Conv2d weights with zero bias; LayerNorm ones/zeros.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x1: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """x1: decoder tokens (B, H·W, C); skip: encoder feature channels-last (B, H, W, C) or None."""
+        if self.skip == "none" or skip is None:
+            return self.layer_up(x1)
+        h, w = self.resolution
+        b, c = x1.shape[0], self.dim
+        x2 = skip.reshape(b, h * w, c)  # correctly ordered tokens
+        x1 = self.x1_linear(x1)
+        if self.token_scramble:
+            # Official behaviour: `.view(B, C, H, W)` of (B, HW, C) token memory — a reinterpretation that mixes
+            # spatial and channel positions, NOT a transpose. Kept so official weights reproduce official outputs.
+            x2_map = x2.reshape(b, c, h, w)
+            x1_map = x1.reshape(b, c, h, w)
+        else:
+            x2_map = x2.transpose(1, 2).reshape(b, c, h, w)
+            x1_map = x1.transpose(1, 2).reshape(b, c, h, w)
+        if self.skip == "masag":
+            cat = x1_map + self.ag_attn(x2_map, x1_map)
+        else:  # "add": the executed MyDecoderLayerDAEFormer builds MASAG but never calls it
+            cat = x1_map + x2_map
+        cat = _ln_channels(self.ag_attn_norm, cat).contiguous()
+        y = self.layer_lka_2(self.layer_lka_1(cat))
+        if self.token_scramble:
+            tokens = y.reshape(b, h * w, c)  # official `.view(B, W*H, C)`: the exact inverse of the view above
+        else:
+            tokens = y.flatten(2).transpose(1, 2)
+        up = self.layer_up(tokens)
+        if self.last_layer is None:
+            return up
+        return self.last_layer(up.reshape(b, 4 * h, 4 * w, c).permute(0, 3, 1, 2))
+
+
+# ============================================================================ network
+class Msa2Net(InputCheckMixin, nn.Module):
+    """MSA²Net as executed by the official code (LKA decoder with plain addition at decoder_2, MASAG at 1 and 0).
+
+    Args:
+        in_channels: 3 = RGB (polyp default), 1 = the official single-channel input (repeated to 3), other counts
+            go through the 1×1 conv adapter ``backbone.conv``.
+        num_classes: output logit maps (1 for polyps; the official Synapse model has 9).
+        token_scramble: reproduce the official decoder's ``.view`` token reinterpretation (default True).
+        pretrained: False, or the path of timm ``maxvit_rmlp_small_rw_224`` ImageNet weights to load into the
+            encoder (nothing is downloaded).
+        input_hw: the only accepted input size, multiples of 32 (224×224 as published).
+
+    Input ``[B, in_channels, H, W]`` normalised (x − 0.5)/0.5. Output ``[B, num_classes, H, W]`` logits.
+    """
+
+    size_divisor = 32
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        token_scramble: bool = True,
+        pretrained: bool | str | os.PathLike[str] = False,
+        input_hw: tuple[int, int] | list[int] = (224, 224),
+    ) -> None:
+        super().__init__()
+        h, w = (int(v) for v in input_hw)
+        if h % 32 or w % 32 or h <= 0 or w <= 0:
+            raise ValueError(f"MSA²Net input_hw must be positive multiples of 32, got {h}x{w}")
+        if h != w:
+            raise ValueError(f"MSA²Net needs a square input (one window size for both axes), got {h}x{w}")
+        if in_channels < 1 or num_classes < 1:
+            raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
+        self.in_channels, self.num_classes = int(in_channels), int(num_classes)
+        self.fixed_hw = (h, w)
+        self.token_scramble = token_scramble
+        self.backbone = MaxViT4Out(self.in_channels, (h, w))
+        base = h // 32  # decoder base grid (7 at 224²)
+        self.decoder_3 = DecoderLayer(ENCODER_DIMS[3], (base, base), "none", token_scramble=token_scramble)
+        self.decoder_2 = DecoderLayer(ENCODER_DIMS[2], (2 * base, 2 * base), "add", token_scramble=token_scramble)
+        self.decoder_1 = DecoderLayer(ENCODER_DIMS[1], (4 * base, 4 * base), "masag", token_scramble=token_scramble)
+        self.decoder_0 = DecoderLayer(
+            ENCODER_DIMS[0], (8 * base, 8 * base), "masag", num_classes=self.num_classes, token_scramble=token_scramble
+        )
+        if pretrained is True:
+            raise ValueError(
+                "pretrained=True would need a download; pass the path of the timm maxvit_rmlp_small_rw_224 ImageNet "
+                "weights (maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth) instead, or load an MSA²Net checkpoint with "
+                "training.load_model('msa2net', path)"
+            )
+        if pretrained:
+            load_maxvit_imagenet(self.backbone.backbone, pretrained)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if self.in_channels == 1:
+            x = x.repeat(1, 3, 1, 1)  # official Msa2Net.forward; the 1→3 adapter conv never runs
+        enc3, enc2, enc1, enc0 = self.backbone(x)
+        b, c = enc3.shape[:2]
+        t3 = self.decoder_3(enc3.permute(0, 2, 3, 1).reshape(b, -1, c))
+        t2 = self.decoder_2(t3, enc2.permute(0, 2, 3, 1))
+        t1 = self.decoder_1(t2, enc1.permute(0, 2, 3, 1))
+        return self.decoder_0(t1, enc0.permute(0, 2, 3, 1))
+
+
+# ---------------------------------------------------------------------------- registry entry point
+@register_model(
+    "msa2net",
+    input_hw=(224, 224),
+    in_channels=3,
+    num_classes=1,
+    size_divisor=32,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    output_activation="sigmoid",
+    fixed_size=True,
+    in_channels_key="backbone.conv.0.weight",
+    num_classes_key="decoder_0.last_layer.weight",
+    paper="Ghorbani Kolahi et al., BMVC 2024, arXiv 2407.21640",
+    description="MSA²Net as executed: MaxViT-S rmlp rw encoder, LKA decoder with MASAG gates (fixed 224x224)",
+)
+def msa2net(**kw) -> Msa2Net:
+    return Msa2Net(**kw)
