@@ -11,6 +11,7 @@
 #include "../src/hotpath.h"
 #include "../cuda/hotpath_kernels.cuh"  // compiled here in CPU-emulation mode (compat.h), see tests/kernels
 #include "../cuda/selftest_kernels.cuh"
+#include "../multi_scale_subtraction/mss_kernel.cuh"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -123,6 +124,41 @@ void emu_divergent_barrier() {
   pp_fiber::launch(dim3(1), dim3(32), polypseg_selftest::divergent_barrier_kernel, out);
 }
 
+// MultiScaleSubtraction kernel source executed on the CPU (fiber emulator: real barriers, poisoned shared memory).
+void emu_mss(nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> a,
+             nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> b,
+             nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> d,
+             std::optional<nb::ndarray<const float, nb::ndim<2>, nb::c_contig>> bn) {
+  const bool f32 = a.dtype() == nb::dtype<float>();
+  const bool f16 = a.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && a.dtype().bits == 16;
+  if (!f32 && !f16) throw std::invalid_argument("emu_mss: dtype must be float32 or float16");
+  if (b.dtype() != a.dtype() || d.dtype() != a.dtype()) throw std::invalid_argument("emu_mss: dtypes differ");
+  const int N = (int)a.shape(0), C = (int)a.shape(1), h = (int)a.shape(2), w = (int)a.shape(3);
+  const int H = (int)b.shape(2), W = (int)b.shape(3);
+  if ((int)b.shape(0) != N || (int)b.shape(1) != C || d.shape(0) != b.shape(0) || d.shape(1) != b.shape(1) ||
+      d.shape(2) != b.shape(2) || d.shape(3) != b.shape(3))
+    throw std::invalid_argument("emu_mss: shapes do not match");
+  polypseg_mss::Params p{N, C, h, w, H, W, 0, nullptr, nullptr, nullptr, nullptr};
+  if (bn) {
+    if (bn->shape(0) != 4 || (int)bn->shape(1) != C) throw std::invalid_argument("emu_mss: bn must be [4, C]");
+    const float* q = bn->data();
+    p.num_scales = 2;
+    p.g3 = q;
+    p.h3 = q + C;
+    p.g5 = q + 2 * C;
+    p.h5 = q + 3 * C;
+  }
+  using polypseg_mss::kTileX;
+  using polypseg_mss::kTileY;
+  const dim3 block(kTileX, kTileY), grid((W + kTileX - 1) / kTileX, (H + kTileY - 1) / kTileY, N);
+  if (f32)
+    pp_fiber::launch(grid, block, polypseg_mss::mss_kernel<float>, static_cast<const float*>(a.data()),
+                     static_cast<const float*>(b.data()), static_cast<float*>(d.data()), p);
+  else
+    pp_fiber::launch(grid, block, polypseg_mss::mss_kernel<pp_half>, static_cast<const pp_half*>(a.data()),
+                     static_cast<const pp_half*>(b.data()), static_cast<pp_half*>(d.data()), p);
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -133,6 +169,8 @@ NB_MODULE(_ext, m) {
         "mask"_a = nb::none(), "threads"_a = 0,
         "Annotate frame in place from logits [h, w]; returns the foreground pixel count.");
   m.def("float_to_half", &polypseg::float_to_half, "x"_a);
+  m.def("emu_mss", &emu_mss, "a"_a, "b"_a, "d"_a, "bn"_a = nb::none(),
+        "CPU execution of the MultiScaleSubtraction CUDA kernel (tests); bn = [g3, h3, g5, h5] rows.");
   m.def("emu_block_sum", &emu_block_sum, "x"_a, "block"_a, "first_barrier"_a = true);
   m.def("emu_divergent_barrier", &emu_divergent_barrier);
   m.def("emu_preprocess", &emu_preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a,

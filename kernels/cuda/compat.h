@@ -11,6 +11,14 @@
 #define PP_RESTRICT __restrict__
 #include <cuda_fp16.h>
 using pp_half = __half;
+__device__ inline float pp_to_float(float v) { return v; }
+__device__ inline float pp_to_float(__half v) { return __half2float(v); }
+template <class T>
+__device__ inline T pp_from_float(float v);
+template <>
+__device__ inline float pp_from_float<float>(float v) { return v; }
+template <>
+__device__ inline __half pp_from_float<__half>(float v) { return __float2half_rn(v); }
 #else
 #include <cstdint>
 #include <cstring>
@@ -45,6 +53,33 @@ struct pp_half {
   pp_half() = default;
   explicit pp_half(float f) : bits(polypseg::float_to_half(f)) {}
 };
+inline float pp_half_bits_to_float(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400u));
+      bits = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline float pp_to_float(float v) { return v; }
+inline float pp_to_float(pp_half v) { return pp_half_bits_to_float(v.bits); }
+template <class T>
+inline T pp_from_float(float v) { return T(v); }
 // Runs kernel(args...) for every block and thread of the grid, in order.
 template <class Kernel, class... Args>
 void emulate_launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {

@@ -168,8 +168,8 @@ class GMSRFBlock(nn.Module):
     """One GMSRF block (official ``exchange``): three dense fusion stages across four scales.
 
     Scales ``x, y, v, w`` (strides 1, 2, 4, 8) enter with ``in_widths``. Stage 1: a 3×3 BC per scale to
-    ``stage_widths``. Each stage s = 1..3 then, per target scale: brings the other three scales' stage-s maps to its
-    resolution with ``exchange_width`` channels (``<t><s>_<src><s>``), forms a CMSA gate from them (``att_<t><s>``),
+    ``stage_widths``. Each stage s = 1..3 then, per target scale: brings the other three scales' stage-s maps to
+    its resolution with ``exchange_width`` channels (``<t><s>_<src><s>``), forms a CMSA gate from them (``att_<t><s>``),
     concatenates [input, s1..s_s, the three resampled maps] → 1×1 BC (``<t><s+1>_input``, to the input width for
     s < 3, width-preserving for s = 3) × gate → SE (``<t><s+1>_se``) → 3×3 BC (``<t><s+1>``, to the stage width for
     s < 3, back to the input width for s = 3). Output: input + stage-4 map per scale.
@@ -289,7 +289,9 @@ class GMSRFNet(InputCheckMixin, nn.Module):
         level2 = self.level2_selection(torch.cat([n24, self.u3(level3)], dim=1))
         logits = self.final_2(self.final_1(torch.cat([n14, self.u1(level2)], dim=1)))
         # The official model applies a sigmoid here; in the toolkit it is the spec's output_activation ("sigmoid").
-        if not return_aux:
+        # Tracing (ONNX export) always takes the main-only graph; checking is_tracing() first also keeps the
+        # TorchScript exporter, which passes the default ``False`` as a traced value, from warning about it.
+        if torch.jit.is_tracing() or not return_aux:
             return logits
         # Deep supervision: 1×1 heads, nearest-neighbour upsampling (official nn.Upsample default mode).
         aux2 = F.interpolate(self.dsv2(level2), scale_factor=2, mode="nearest")
