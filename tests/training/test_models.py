@@ -15,7 +15,22 @@ from training.checkpoint import KNOWN_UNUSED_KEYS
 from training.models.blocks import FixedOnesConv
 from training.models.registry import UnknownModelError, register_model
 
-SMALL = 64  # smallest size every model accepts (multiple of 32)
+SMALL = 64  # a small size every variable-size model accepts
+
+
+def _hw(name: str) -> tuple[int, int]:
+    spec = get_spec(name)
+    return tuple(spec.input_hw) if spec.fixed_size else (SMALL, SMALL)
+
+
+def _outputs(model, x):
+    """Main output plus auxiliary outputs when the model has them (so every head gets a gradient)."""
+    import inspect
+
+    if "return_aux" in inspect.signature(model.forward).parameters:
+        outs = model(x, return_aux=True)
+        return list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    return [model(x)]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +40,7 @@ def built():
 
 
 def test_registry_lists_the_foundation_models():
-    assert {"msnet", "m2snet", "msnet_effl0", "m2snet_effl0"} <= set(list_models())
+    assert {"msnet", "m2snet", "msnet_effl0", "m2snet_effl0", "gmsrf"} <= set(list_models())
     assert list_models("m2snet*") == ["m2snet", "m2snet_effl0"]
 
 
@@ -56,29 +71,44 @@ def test_spec_fields():
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_cpu(name, built):
     model = built[name].train()
-    x = torch.randn(2, 3, SMALL, SMALL, requires_grad=False)
-    out = model(x)
-    assert out.shape == (2, 1, SMALL, SMALL)
-    loss = F.binary_cross_entropy_with_logits(out, torch.rand_like(out))
+    h, w = _hw(name)
+    c = model.spec.in_channels
+    x = torch.randn(2, c, h, w)
+    outs = _outputs(model, x)
+    assert outs[0].shape == (2, model.spec.num_classes, h, w)
+    loss = sum(F.binary_cross_entropy_with_logits(o, torch.rand_like(o)) for o in outs)
     model.zero_grad()
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads), "every parameter takes part in the forward pass"
+    assert all(g is not None for g in grads), "every trainable parameter takes part in the forward pass"
     assert all(torch.isfinite(g).all() for g in grads)
-    # non-square, non-native size also works (every resize reads its size from a tensor)
     model.eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 96, 64)).shape == (1, 1, 96, 64)
+        assert model(x[:1]).shape == (1, model.spec.num_classes, h, w)
+        if not model.spec.fixed_size:  # non-square sizes work too (every resize reads its size from a tensor)
+            d = model.spec.size_divisor
+            assert model(torch.randn(1, c, 3 * d, 2 * d)).shape[-2:] == (3 * d, 2 * d)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_bad_input_is_one_clear_line(name, built):
     model = built[name].eval()
+    spec = model.spec
+    c = spec.in_channels
+    h, w = _hw(name)
+    if spec.fixed_size:
+        size_case = (torch.randn(1, c, h + 32, w), ValueError, rf"only accepts {h}x{w} inputs, got {h + 32}x{w}")
+    else:
+        d = spec.size_divisor
+        bad_h = h + d // 2 + 1
+        pad = -(-bad_h // d) * d
+        size_case = (torch.randn(1, c, bad_h, w), ValueError,
+                     rf"multiples of {d}, got {bad_h}x{w}; resize or pad to {pad}x{w}")
     cases = [
-        (torch.randn(1, 3, 70, 64), ValueError, r"multiples of 32, got 70x64; resize or pad to 96x64"),
-        (torch.randn(1, 1, 64, 64), ValueError, r"expected 3 input channels, got 1"),
-        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, r"floating-point input .* got torch.uint8"),
-        (torch.randn(3, 64, 64), ValueError, r"4-D input \[B, 3, H, W\]"),
+        size_case,
+        (torch.randn(1, c + 1, h, w), ValueError, rf"expected {c} input channels, got {c + 1}"),
+        (torch.zeros(1, c, h, w, dtype=torch.uint8), TypeError, r"floating-point input .* got torch.uint8"),
+        (torch.randn(c, h, w), ValueError, rf"4-D input \[B, {c}, H, W\]"),
     ]
     for x, exc, pattern in cases:
         with pytest.raises(exc, match=pattern) as info:

@@ -89,20 +89,15 @@ def test_polyp_default_differs_only_in_io_layers(polyp_model, official_model):
 
 
 # ----------------------------------------------------------------------------------------------- (b) loading
-def test_official_checkpoint_loads_and_infers_io(official_ref, tmp_path):
+def test_official_checkpoint_loads_and_infers_io(official_ref):
     sd = _fake_official(official_ref)
-    model = load_model("msga", sd)
+    # as a DataParallel-prefixed dict, the way many official-era scripts save it
+    model = load_model("msga", {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3})
     assert not model.training
     assert model.in_channels == 1 and model.num_classes == 5
     assert model.spec.in_channels == 1 and model.spec.num_classes == 5
     own = model.state_dict()
-    for k in ("resnext.layer1.1.0.conv2.weight", "pam_attention_1_4.attn.3.gamma", "predict4_2.weight"):
-        assert torch.equal(own[k], sd[k])
-    # a DataParallel-prefixed dict from a file loads too
-    path = tmp_path / "daf.pth"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
-    model2 = load_model("msga", path)
-    assert torch.equal(model2.state_dict()["conv8_11.weight"], sd["conv8_11.weight"])
+    assert all(torch.equal(own[k], sd[k]) for k in sd)
 
     # Eval forward: (B, 5, H, W) logits, and the official scale → module-name mapping (models.md §6.2 table),
     # checked through the call order and the inputs the stage-1 attention layers receive.
@@ -137,20 +132,25 @@ def test_official_checkpoint_loads_and_infers_io(official_ref, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- (c) fwd / bwd
-def test_forward_backward_default_output(polyp_model):
+def test_forward_backward(polyp_model):
     model = polyp_model.train()
-    x = torch.randn(2, 3, SMALL, SMALL)
-    out = model(x)
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 1, SMALL, SMALL)
+    x = torch.randn(1, 3, SMALL, SMALL)  # batch 1 keeps this quick; the "all" test below runs batch 2
+    coarse_calls = []
+    hook = model.predict1.register_forward_hook(lambda *a: coarse_calls.append(1))
+    with torch.no_grad():
+        out = model(x)  # default: the eval output, in train mode too; the coarse heads are not run
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 1, SMALL, SMALL) and not coarse_calls
+    # deep supervision, the toolkit convention: (main, predict1..4, predict1_2..4_2), all logit maps at H×W
+    outs = model(x, return_aux=True)
+    hook.remove()
+    assert isinstance(outs, tuple) and len(outs) == 9 and coarse_calls == [1]
+    assert all(isinstance(o, torch.Tensor) and o.shape == (1, 1, SMALL, SMALL) for o in outs)
+    assert torch.allclose(outs[0], sum(outs[5:]) / 4)
     model.zero_grad(set_to_none=True)
-    F.binary_cross_entropy_with_logits(out, torch.rand_like(out)).backward()
-    coarse = {f"predict{i}.{p}" for i in range(1, 5) for p in ("weight", "bias")}  # trained only via return_aux
+    sum(F.binary_cross_entropy_with_logits(o, torch.rand_like(o)) for o in outs).backward()
     for name, p in model.named_parameters():
-        top = name.split(".")[0]
-        if top in UNUSED_MODULES:
+        if name.split(".")[0] in UNUSED_MODULES:
             assert not p.requires_grad and p.grad is None, name
-        elif name in coarse:
-            assert p.grad is None, name
         else:
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
     model.zero_grad(set_to_none=True)
@@ -159,24 +159,35 @@ def test_forward_backward_default_output(polyp_model):
         assert model(torch.randn(1, 3, 96, 64)).shape == (1, 1, 96, 64)  # non-square works
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 70, 64))
+    with pytest.raises(ValueError, match="return_aux must be"):
+        model(x, return_aux="coarse")
 
 
 def test_aux_outputs_and_official_loss_backward(official_model):
     model = official_model.train()
-    x = torch.randn(2, 1, SMALL, SMALL)
-    aux = model(x, return_aux=True)
+    size = 32  # smallest legal size (layer4 is 1×1; BN still sees 2 values per channel at batch 2): keeps it quick
+    x = torch.randn(2, 1, size, size)
+    aux = model(x, return_aux="all")
     assert isinstance(aux, MSGAOutputs)
-    q = SMALL // 4
-    assert aux.logits.shape == (2, 5, SMALL, SMALL)
-    assert all(t.shape == (2, 5, SMALL, SMALL) for t in aux.coarse + aux.fine)
+    q = size // 4
+    assert aux.logits.shape == (2, 5, size, size)
+    assert all(t.shape == (2, 5, size, size) for t in aux.coarse + aux.fine)
+    # flattened over the whole batch, as the official view(-1)
     assert all(t.shape == (2 * 512 * (q // 4) ** 2,) for t in aux.sem_vectors_1 + aux.sem_vectors_2)
     assert all(t.shape == (2, 128, q, q) for t in aux.sem_inputs + aux.sem_outputs)
     assert torch.allclose(aux.logits, sum(aux.fine) / 4)
     official = aux.official_tuple()
     assert len(official) == 32 and official[0] is aux.sem_vectors_1[0] and official[1] is aux.sem_vectors_2[0]
+    assert official[8:16] == aux.sem_inputs and official[16:24] == aux.sem_outputs
     assert official[24:] == aux.coarse + aux.fine
+    with torch.no_grad():  # pairing: input i → output i (down1 first); vectors down4 first; stage 2 = the 2nd module
+        for i, (mod, vec_i) in enumerate([("semanticModule_1_1", 3), ("semanticModule_2_1", 7)]):
+            vec, out = getattr(model, mod)(aux.sem_inputs[4 * i])
+            assert torch.allclose(out, aux.sem_outputs[4 * i], atol=1e-5)
+            vec, _ = getattr(model, mod)(aux.sem_inputs[vec_i])
+            assert torch.allclose(vec, (aux.sem_vectors_1, aux.sem_vectors_2)[i][0], atol=1e-5)
     # the official multi-term loss (models.md §6.4)
-    target = torch.randint(0, 5, (2, SMALL, SMALL))
+    target = torch.randint(0, 5, (2, size, size))
     loss = sum(F.cross_entropy(p, target) for p in aux.coarse + aux.fine)
     loss = loss + 0.25 * sum(F.mse_loss(a, b) for a, b in zip(aux.sem_vectors_1, aux.sem_vectors_2))
     loss = loss + 0.1 * sum(F.mse_loss(a, b) for a, b in zip(aux.sem_inputs, aux.sem_outputs))
@@ -285,8 +296,9 @@ def test_onnx_export_parity(polyp_model, tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert got[0].shape == ref.shape == (1, 1, SMALL, SMALL)
-    diff = float(np.abs(got[0] - ref).max())
-    assert diff <= 1e-3, f"max |Δlogit| {diff:.2e} (max |logit| {np.abs(ref).max():.2e})"
+    diff, scale = float(np.abs(got[0] - ref).max()), float(np.abs(ref).max())
+    assert diff <= 1e-3, f"max |Δlogit| {diff:.2e} (max |logit| {scale:.2e})"
+    assert diff <= 1e-4 * scale, f"max |Δlogit| {diff:.2e} is large relative to max |logit| {scale:.2e}"
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (PositionAttention, ChannelAttention)):

@@ -1,6 +1,6 @@
 """MSA²Net: multi-scale adaptive attention-guided network, as the released code runs it.
 
-* MSA²Net — Ghorbani Kolahi, Kamali, Azad, Merhof et al., "MSA²Net: Multi-scale Adaptive Attention-guided Network
+* MSA²Net — Ghorbani Kolahi et al., "MSA²Net: Multi-scale Adaptive Attention-guided Network
   for Medical Image Segmentation", BMVC 2024 (oral), arXiv 2407.21640. Official code: xmindflow/MSA-2Net (MIT).
 
 Written from ``shared/docs/models.md`` §5 (no code copied). What is built here is the network the official code
@@ -16,7 +16,8 @@ Written from ``shared/docs/models.md`` §5 (no code copied). What is built here 
   ``decoder_0`` use the MASAG gate (``cat = x1 + MASAG(x=skip, g=x1)``); ``decoder_3`` only runs its PatchExpand.
   The modules the official model registers but never calls are registered here too (so checkpoints load
   strictly): ``decoder_3.{x1_linear, ag_attn, ag_attn_norm, layer_lka_1, layer_lka_2}``, ``decoder_2.ag_attn`` and
-  ``backbone.conv`` (22.6 M parameters in total; they receive no gradient).
+  ``backbone.conv`` (22.6 M parameters in total). They would never receive a gradient, so they are frozen
+  (``requires_grad=False``); :meth:`Msa2Net.unused_modules` lists them.
 * **Token scramble** — the official decoder reinterprets token memory ``(B, HW, C)`` as ``(B, C, H, W)`` with
   ``.view`` (not a transpose) before its convolutions, and reinterprets the result back with the inverse ``.view``.
   This is reproduced by default (``token_scramble=True``) so that official weights give official outputs;
@@ -65,6 +66,15 @@ ENCODER_DIMS = (96, 192, 384, 768)
 ENCODER_DEPTHS = (2, 2, 5, 2)
 STEM_WIDTHS = (32, 64)
 HEAD_DIM = 32
+# Registered by the official model but never called in its forward (models.md §5.3).
+UNUSED_DECODER_MODULES = (
+    "decoder_3.x1_linear",
+    "decoder_3.ag_attn",
+    "decoder_3.ag_attn_norm",
+    "decoder_3.layer_lka_1",
+    "decoder_3.layer_lka_2",
+    "decoder_2.ag_attn",
+)
 
 
 def _eager() -> bool:
@@ -293,9 +303,9 @@ class MaxxVitBlock(nn.Module):
 class MaxxVitStage(nn.Module):
     def __init__(self, dim: int, dim_out: int, depth: int, window: int, feat_hw: tuple[int, int]) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(
-            *[MaxxVitBlock(dim if i == 0 else dim_out, dim_out, 2 if i == 0 else 1, window, feat_hw) for i in range(depth)]
-        )
+        blocks = [MaxxVitBlock(dim, dim_out, 2, window, feat_hw)]  # the first block of every stage strides
+        blocks += [MaxxVitBlock(dim_out, dim_out, 1, window, feat_hw) for _ in range(depth - 1)]
+        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -725,6 +735,12 @@ class Msa2Net(InputCheckMixin, nn.Module):
         input_hw: tuple[int, int] | list[int] = (224, 224),
     ) -> None:
         super().__init__()
+        if pretrained is True:
+            raise ValueError(
+                "pretrained=True would need a download; pass the path of the timm maxvit_rmlp_small_rw_224 ImageNet "
+                "weights (maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth) instead, or load an MSA²Net checkpoint with "
+                "training.load_model('msa2net', path)"
+            )
         h, w = (int(v) for v in input_hw)
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ValueError(f"MSA²Net input_hw must be positive multiples of 32, got {h}x{w}")
@@ -743,14 +759,20 @@ class Msa2Net(InputCheckMixin, nn.Module):
         self.decoder_0 = DecoderLayer(
             ENCODER_DIMS[0], (8 * base, 8 * base), "masag", num_classes=self.num_classes, token_scramble=token_scramble
         )
-        if pretrained is True:
-            raise ValueError(
-                "pretrained=True would need a download; pass the path of the timm maxvit_rmlp_small_rw_224 ImageNet "
-                "weights (maxvit_rmlp_small_rw_224_sw-6ef0ae4f.pth) instead, or load an MSA²Net checkpoint with "
-                "training.load_model('msa2net', path)"
-            )
+        # The official forward never calls these modules; they stay registered (checkpoints load strictly) but are
+        # frozen, so optimisers keep no state for them and every trainable parameter receives a gradient.
+        for name in self.unused_modules():
+            self.get_submodule(name).requires_grad_(False)
         if pretrained:
             load_maxvit_imagenet(self.backbone.backbone, pretrained)  # type: ignore[arg-type]
+
+    def unused_modules(self) -> tuple[str, ...]:
+        """Names of the registered submodules that ``forward`` never calls (models.md §5.3; 22.6 M parameters).
+
+        The input adapter ``backbone.conv`` is among them unless ``in_channels`` is neither 1 nor 3.
+        """
+        names = UNUSED_DECODER_MODULES
+        return names if self.in_channels not in (1, 3) else ("backbone.conv",) + names
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

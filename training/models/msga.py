@@ -19,10 +19,13 @@ but never runs (``conv6_*``, ``conv7_*``, ``attention1..4``, ``refine1..4``). Of
 Deliberate differences from the official module, all output-neutral:
 
 * ``forward(x)`` returns the eval-mode logits in train *and* eval mode (the toolkit's trainer expects one tensor).
-  The official train-mode 32-tuple (semantic vectors, reconstruction pairs, 8 predictions) is available with
-  ``forward(x, return_aux=True)`` (:class:`MSGAOutputs`, :meth:`MSGAOutputs.official_tuple`).
-* The coarse predictions ``predict1..4`` are computed only for ``return_aux=True``; they never reach the
-  official eval output either.
+  Training outputs, as the toolkit's other families do it: ``forward(x, return_aux=True)`` returns the logit maps
+  ``(main, predict1, predict2, predict3, predict4, predict1_2, predict2_2, predict3_2, predict4_2)``, all at the
+  input size (deep supervision). ``forward(x, return_aux="all")`` returns :class:`MSGAOutputs`, everything the
+  official loss needs; :meth:`MSGAOutputs.official_tuple` gives the official train-mode 32-tuple in its order.
+  ONNX export (tracing) always takes the main-only graph.
+* The coarse predictions ``predict1..4`` are computed only for ``return_aux``; they never reach the official eval
+  output either.
 * The semantic module's resize of ``dec2`` to ``enc1``'s size is skipped when the sizes already agree (always, for
   inputs that are multiples of 32): bilinear at scale 1 with half-pixel centres is the identity, so the exported graph
   loses 8 no-op ``Resize`` nodes and nothing else.
@@ -301,7 +304,7 @@ def _proj(in_ch: int, out_ch: int = 64) -> nn.Sequential:
 
 # ============================================================================================ network
 class MSGAOutputs(NamedTuple):
-    """Everything the official training loss needs (``forward(x, return_aux=True)``).
+    """Everything the official training loss needs (``forward(x, return_aux="all")``).
 
     Per-scale tuples are ordered as documented per field. ``sem_inputs[i]`` pairs with ``sem_outputs[i]`` (the
     reconstruction loss) and ``sem_vectors_1[i]`` with ``sem_vectors_2[i]`` (the semantic-consistency loss).
@@ -338,8 +341,9 @@ class MSGANet(InputCheckMixin, nn.Module):
         init: ``"official"`` (default: xavier-normal for every Conv2d/ConvTranspose2d weight, BN weight N(1, 0.02)
             and bias 0, as the official ``weights_init``) or ``"default"`` (PyTorch's per-layer defaults).
 
-    Input ``[B, in_channels, H, W]`` (H and W multiples of 32). Output ``[B, num_classes, H, W]`` logits in both
-    train and eval mode; ``forward(x, return_aux=True)`` returns :class:`MSGAOutputs` instead.
+    Input ``[B, in_channels, H, W]`` (H and W multiples of 32). ``forward(x)`` → ``[B, num_classes, H, W]``
+    logits in both train and eval mode. ``forward(x, return_aux=True)`` → the 9 logit maps ``(main, predict1..4,
+    predict1_2..4_2)`` at ``H×W``; ``forward(x, return_aux="all")`` → :class:`MSGAOutputs`.
     """
 
     size_divisor = 32
@@ -403,8 +407,12 @@ class MSGANet(InputCheckMixin, nn.Module):
             sems.append(sem)
         return outs, vecs, sems
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | MSGAOutputs:
+    def forward(
+        self, x: torch.Tensor, return_aux: bool | str = False
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | MSGAOutputs:
         self.check_input(x)
+        if not torch.jit.is_tracing() and return_aux not in (False, True, "all"):
+            raise ValueError(f"return_aux must be False, True or 'all', got {return_aux!r}")
         layer1, layer2, layer3, layer4 = self.resnext.forward_features(x)
         down4 = up_to(self.down4(layer4), layer1)
         down3 = up_to(self.down3(layer3), layer1)
@@ -426,7 +434,9 @@ class MSGANet(InputCheckMixin, nn.Module):
         ]
         # Official eval output: (predict1_2 + predict2_2 + predict3_2 + predict4_2) / 4, each upsampled first.
         logits = (fine[3] + fine[2] + fine[1] + fine[0]) / 4
-        if not return_aux:
+        # Tracing (ONNX export) always takes the main-only graph; checking is_tracing() first also keeps the
+        # TorchScript exporter, which passes the default ``False`` as a traced value, from warning about it.
+        if torch.jit.is_tracing() or not return_aux:
             return logits
 
         coarse = [
@@ -434,6 +444,8 @@ class MSGANet(InputCheckMixin, nn.Module):
             for i, d in zip((4, 3, 2, 1), downs)
         ]
         rev = slice(None, None, -1)  # down4..down1 → down1..down4
+        if return_aux != "all":
+            return (logits, *coarse[rev], *fine[rev])
         return MSGAOutputs(
             logits=logits,
             sem_vectors_1=tuple(vec1),
