@@ -30,6 +30,7 @@ from .onnx import export_onnx
 
 # (label, precision, flavour, backend, backend options)
 ROWS = (
+    ("torch eager", "fp32", "", "torch", {}),
     ("ort fp32", "fp32", "", "ort", {}),
     ("ort fp16", "fp16", "", "ort", {}),
     ("ort int8 qdq-u8", "int8", "qdq-u8", "ort", {}),
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--calib-count", type=int, default=256)
-    p.add_argument("--rows", help="comma-separated subset of row labels")
+    p.add_argument("--rows", help="comma-separated subset of row labels (default: all but torch eager)")
     p.add_argument("--work-dir", default="artifacts/bench")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -60,13 +61,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bgr is None:
         print(f"error: cannot read frame {frame_path}", file=sys.stderr)
         return 1
-    rows_wanted = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    rows_wanted = [r for r in ROWS if (r[0] in args.rows.split(",") if args.rows else r[3] != "torch")]
     if not openvino_available():
         rows_wanted = [r for r in rows_wanted if r[3] != "openvino"]
     sessions = []
     try:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             for label, prec, flav, backend, opts in rows_wanted:
+                if backend == "torch":
+                    from .compare import TorchBackend
+                    from .onnx import load_for_export
+
+                    net, _ = load_for_export(model, None)
+                    spec = net.spec
+                    x = preprocess_reference(bgr, spec.input_hw, spec.mean, spec.std)
+                    if spec.in_channels != 3:
+                        x = x[:, : spec.in_channels]
+                    b = TorchBackend(net, spec.input_hw, args.threads).open()
+                    sessions.append({"model": model, "row": label, "backend": b, "x": x, "path": None, "times": []})
+                    continue
                 path = Path(args.work_dir) / f"{model}-{prec}{'-' + flav if flav else ''}.onnx"
                 if not path.is_file():
                     print(f"exporting {path.name} …", flush=True)
@@ -101,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_ref = first_ref or ref
         for s in rows:
             p50, p99 = float(np.median(s["times"])), float(np.percentile(s["times"], 99))
-            r = {"model": model, "row": s["row"], "size_mb": s["path"].stat().st_size / 2**20, "p50_ms": p50,
+            size = s["path"].stat().st_size / 2**20 if s["path"] else float("nan")
+            r = {"model": model, "row": s["row"], "size_mb": size, "p50_ms": p50,
                  "p99_ms": p99, "vs_ort_fp32": p50 / ref if ref else None,
                  "vs_first_model_ort_fp32": p50 / first_ref if first_ref else None}
             out.append(r)
