@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["box_sum", "multi_scale_subtraction", "upsample_bilinear"]
+__all__ = ["box_sum", "channel_attention", "multi_scale_subtraction", "position_attention", "upsample_bilinear"]
 
 
 def _taps(n_dst: int, n_src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,3 +72,26 @@ def multi_scale_subtraction(
             h = np.asarray(h, np.float64)[None, :, None, None]
             out += np.abs(np.maximum(g * box_sum(sa, k) + h, 0) - np.maximum(g * box_sum(sb, k) + h, 0))
     return out
+
+
+def position_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, x: np.ndarray, gamma: float) -> np.ndarray:
+    """PositionAttention: ``gamma · Σ_m softmax_m(q_n·k_m) v_m + x_n`` (no 1/√d scaling, as DANet/PAM runs it).
+
+    Args: q, k [B, D, N]; v, x [B, C, N]. Returns float64 [B, C, N].
+    """
+    e = np.einsum("bdn,bdm->bnm", q.astype(np.float64), k.astype(np.float64))
+    e -= e.max(-1, keepdims=True)
+    a = np.exp(e)
+    a /= a.sum(-1, keepdims=True)
+    return gamma * np.einsum("bnm,bcm->bcn", a, v.astype(np.float64)) + x.astype(np.float64)
+
+
+def channel_attention(x: np.ndarray, gamma: float) -> np.ndarray:
+    """ChannelAttention: ``E = X·Xᵀ``, ``A = softmax(rowmax(E) − E)``, ``gamma · A·X + X``; x [B, C, N] → float64."""
+    xf = x.astype(np.float64)
+    e = np.einsum("bcn,bdn->bcd", xf, xf)
+    e2 = e.max(-1, keepdims=True) - e
+    e2 -= e2.max(-1, keepdims=True)
+    a = np.exp(e2)
+    a /= a.sum(-1, keepdims=True)
+    return gamma * np.einsum("bcd,bdn->bcn", a, xf) + xf

@@ -12,6 +12,8 @@
 #include "../cuda/hotpath_kernels.cuh"  // compiled here in CPU-emulation mode (compat.h), see tests/kernels
 #include "../cuda/selftest_kernels.cuh"
 #include "../multi_scale_subtraction/mss_kernel.cuh"
+#include "../position_attention/pam_kernel.cuh"
+#include "../channel_attention/cam_kernel.cuh"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -159,6 +161,48 @@ void emu_mss(nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> a,
                      static_cast<const pp_half*>(b.data()), static_cast<pp_half*>(d.data()), p);
 }
 
+using Any3 = nb::ndarray<nb::ndim<3>, nb::c_contig, nb::device::cpu>;
+
+bool is_f16(const Any3& a) {
+  return a.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && a.dtype().bits == 16;
+}
+
+void check_dtypes(std::initializer_list<const Any3*> arrays, const char* what) {
+  const Any3& first = **arrays.begin();
+  if (!(first.dtype() == nb::dtype<float>()) && !is_f16(first))
+    throw std::invalid_argument(std::string(what) + ": dtype must be float32 or float16");
+  for (const Any3* a : arrays)
+    if (!(a->dtype() == first.dtype())) throw std::invalid_argument(std::string(what) + ": dtypes differ");
+}
+
+// PositionAttention kernel source on the CPU (fiber emulator). q, k [B, D, N]; v, x, out [B, C, N].
+void emu_pam(Any3 q, Any3 k, Any3 v, Any3 x, Any3 out, float gamma) {
+  check_dtypes({&q, &k, &v, &x, &out}, "emu_pam");
+  const int B = (int)v.shape(0), C = (int)v.shape(1), N = (int)v.shape(2), D = (int)q.shape(1);
+  if (D > polypseg_pam::kMaxD) throw std::invalid_argument("emu_pam: query width above kMaxD");
+  const polypseg_pam::Params p{B, C, D, N, gamma};
+  const dim3 block(polypseg_pam::kQ), grid((N + polypseg_pam::kQ - 1) / polypseg_pam::kQ, B);
+  if (is_f16(q))
+    pp_fiber::launch(grid, block, polypseg_pam::pam_kernel<pp_half>, (const pp_half*)q.data(), (const pp_half*)k.data(),
+                     (const pp_half*)v.data(), (const pp_half*)x.data(), (pp_half*)out.data(), p);
+  else
+    pp_fiber::launch(grid, block, polypseg_pam::pam_kernel<float>, (const float*)q.data(), (const float*)k.data(),
+                     (const float*)v.data(), (const float*)x.data(), (float*)out.data(), p);
+}
+
+// ChannelAttention kernel source on the CPU (fiber emulator). x, out [B, C, N].
+void emu_cam(Any3 x, Any3 out, float gamma) {
+  check_dtypes({&x, &out}, "emu_cam");
+  const int B = (int)x.shape(0), C = (int)x.shape(1), N = (int)x.shape(2);
+  if (C > polypseg_cam::kMaxC) throw std::invalid_argument("emu_cam: C above kMaxC");
+  const polypseg_cam::Params p{B, C, N, gamma};
+  const dim3 block(polypseg_cam::kThreads), grid(C, B);
+  if (is_f16(x))
+    pp_fiber::launch(grid, block, polypseg_cam::cam_kernel<pp_half>, (const pp_half*)x.data(), (pp_half*)out.data(), p);
+  else
+    pp_fiber::launch(grid, block, polypseg_cam::cam_kernel<float>, (const float*)x.data(), (float*)out.data(), p);
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
@@ -171,6 +215,9 @@ NB_MODULE(_ext, m) {
   m.def("float_to_half", &polypseg::float_to_half, "x"_a);
   m.def("emu_mss", &emu_mss, "a"_a, "b"_a, "d"_a, "bn"_a = nb::none(),
         "CPU execution of the MultiScaleSubtraction CUDA kernel (tests); bn = [g3, h3, g5, h5] rows.");
+  m.def("emu_pam", &emu_pam, "q"_a, "k"_a, "v"_a, "x"_a, "out"_a, "gamma"_a,
+        "CPU execution of the PositionAttention CUDA kernel (tests).");
+  m.def("emu_cam", &emu_cam, "x"_a, "out"_a, "gamma"_a, "CPU execution of the ChannelAttention CUDA kernel (tests).");
   m.def("emu_block_sum", &emu_block_sum, "x"_a, "block"_a, "first_barrier"_a = true);
   m.def("emu_divergent_barrier", &emu_divergent_barrier);
   m.def("emu_preprocess", &emu_preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a,
