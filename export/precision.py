@@ -120,24 +120,36 @@ def toposort(graph: onnx.GraphProto) -> None:
 
 # --------------------------------------------------------------------------------------------- int8
 class _Reader:
-    """ONNX Runtime calibration data reader over pre-processed frames, with a tqdm bar."""
+    """ONNX Runtime calibration data reader over pre-processed frames, in chunks (``set_range``), with a tqdm bar.
+
+    ORT's histogram calibrators keep every intermediate tensor of every frame they are given until they build
+    histograms; feeding them chunks of frames (ORT's strided calibration) bounds the memory to one chunk.
+    """
 
     def __init__(self, input_name: str, frames: Sequence[np.ndarray], progress: bool) -> None:
         from tqdm import tqdm
 
-        self.input_name = input_name
-        self._it = iter(tqdm(frames, desc="calibrate", unit="frame", disable=not progress, dynamic_ncols=True))
-        self._n = len(frames)
+        self.input_name, self.frames = input_name, frames
+        self._bar = tqdm(total=len(frames), desc="calibrate", unit="frame", disable=not progress, dynamic_ncols=True)
+        self._it = iter(frames)
 
     def get_next(self):
         x = next(self._it, None)
-        return None if x is None else {self.input_name: x}
+        if x is None:
+            return None
+        self._bar.update(1)
+        return {self.input_name: x}
 
     def __len__(self) -> int:
-        return self._n
+        return len(self.frames)
 
-    def rewind(self) -> None:  # pragma: no cover - ORT calls it for strided calibration only
-        pass
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.frames[start_index:end_index])
+
+    def chunk(self, most: int = 16) -> int:
+        """The largest chunk size ≤ ``most`` that divides the frame count (ORT requires a divisor)."""
+        n = len(self.frames)
+        return next(d for d in range(min(most, n), 0, -1) if n % d == 0)
 
 
 def calibration_key(model_bytes: bytes, frame_ids: Sequence[str], method: str) -> str:
@@ -189,6 +201,8 @@ def quantize_int8(
         "CalibTensorRangeSymmetric": False,
     }
     reader = None if hit else _Reader(input_name, frames, progress)
+    if reader is not None:
+        extra["CalibStridedMinMax"] = reader.chunk()  # despite the name: chunked collection for every method
     quantize_static(
         str(fp32_path),
         str(out_path),
