@@ -23,6 +23,6 @@ def test_model_exports_with_ort_parity(name, tmp_path):
     g = onnx.load(str(tmp_path / f"{name}.onnx"))
     assert len(g.graph.output) == 1 and g.opset_import[0].version >= 17
     p = m.parity["ort"]
-    # untrained nets can produce very large logits: the bound is 1e-3 absolute or 1e-6 of the logit scale
-    assert p["max_abs_diff"] <= max(1e-3, 1e-6 * p["ref_max_abs"]), p
+    # untrained nets can produce very large logits (~1e7): the bound is 1e-3 absolute or 1e-5 of the logit scale
+    assert p["max_abs_diff"] <= max(1e-3, 1e-5 * p["ref_max_abs"]), p
     assert p["nonfinite"] == 0
