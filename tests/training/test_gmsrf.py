@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 import training.models.gmsrf  # noqa: F401  (registers "gmsrf"; not yet imported by training/models/__init__.py)
 from training import create_model, get_spec, load_model
 from training.checkpoint import KNOWN_UNUSED_KEYS
+from tests.official_keys import fake_state_dict, read_tsv
 
 TRAIN_HW = 32  # smallest convenient size in train mode (the /8 scale keeps 4×4 maps for BatchNorm)
 ONNX_HW = 64
@@ -22,26 +22,8 @@ OFFICIAL_EXECUTED = 47_043_853  # parameters used in forward
 RESNET_FC = 2_049_000  # resnet.fc (1000×2048 + 1000): not registered here, dropped by load_model
 
 
-def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            k, shape = line.split("\t")
-            out[k] = tuple(ast.literal_eval(shape))
-    return out
-
-
-def _fake_official(ref: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    sd = {}
-    for k, shape in ref.items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(7)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[k] = torch.randn(shape, generator=g) * 0.05
-    return sd
+_read_tsv = read_tsv
+_fake_official = fake_state_dict
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from training import CheckpointError, create_model, get_spec, list_models, load_
 from training.checkpoint import KNOWN_UNUSED_KEYS
 from training.models.blocks import FixedOnesConv
 from training.models.registry import UnknownModelError, register_model
+from tests.official_keys import fake_state_dict, read_tsv
 
 SMALL = 64  # a small size every variable-size model accepts
 
@@ -122,37 +122,8 @@ def test_in_channels_and_classes_are_arguments():
     assert m.spec.in_channels == 1 and m.spec.num_classes == 3
 
 
-def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            k, shape = line.split("\t")
-            out[k] = tuple(ast.literal_eval(shape))
-    return out
-
-
-@pytest.mark.parametrize("name", ["msnet", "m2snet"])
-def test_official_keys_and_shapes(name, built, reference_keys_dir):
-    ref = _read_tsv(reference_keys_dir / f"{name}.tsv")
-    ours = {k: tuple(v.shape) for k, v in built[name].state_dict().items()}
-    assert len(ref) == {"msnet": 680, "m2snet": 690}[name]
-    # the only official entries we do not register are the unused ImageNet classifier (dropped on load)
-    assert set(ref) - set(ours) == set(KNOWN_UNUSED_KEYS)
-    assert set(ours) - set(ref) == set()
-    assert all(ours[k] == ref[k] for k in ours)
-
-
-def _fake_official(ref: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    sd = {}
-    for k, shape in ref.items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(7)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[k] = torch.randn(shape, generator=g) * 0.05
-    return sd
+_read_tsv = read_tsv
+_fake_official = fake_state_dict
 
 
 @pytest.mark.parametrize("name", ["msnet", "m2snet"])

@@ -3,7 +3,6 @@ PAM/CAM against their formulas, ONNX parity and parameter counts (models.md §6,
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 import training.models.msga as msga_mod  # the package __init__ does not import the family yet
 from training import create_model, get_spec, load_model
 from training.models.msga import SCALE_MODULES, UNUSED_MODULES, ChannelAttention, MSGAOutputs, PositionAttention
+from tests.official_keys import fake_state_dict, read_tsv
 
 SMALL = 64
 OFFICIAL = {"in_channels": 1, "num_classes": 5}
@@ -25,25 +25,10 @@ N_SEMANTIC = 6_970_496
 
 
 def _read_tsv(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            k, shape = line.split("\t")
-            out.append((k, tuple(ast.literal_eval(shape))))
-    return out
+    return list(read_tsv(path).items())
 
 
-def _fake_official(ref: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    sd = {}
-    for k, shape in ref:
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(7)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[k] = torch.randn(shape, generator=g) * 0.05
-    return sd
+_fake_official = fake_state_dict
 
 
 @pytest.fixture(scope="module")
