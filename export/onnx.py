@@ -185,8 +185,6 @@ def export_onnx(
     log=print,
 ) -> Manifest:
     """Export ``name`` to ``out`` at ``precision`` and write its manifest; returns the manifest."""
-    from training import get_spec
-
     from .precision import activation_ranges, lint_qdq_for_tensorrt, quantize_int8, to_fp16
 
     if precision not in PRECISIONS:

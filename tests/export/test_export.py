@@ -13,8 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.errors import ExportError
-from export.onnx import export_onnx, main as onnx_main
+from export.onnx import export_onnx
 from export.precision import lint_qdq_for_tensorrt
 from runtime.manifest import Manifest, manifest_path
 

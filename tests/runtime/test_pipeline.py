@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +19,6 @@ import numpy as np
 import pytest
 
 from runtime.backends import create_backend
-from runtime.errors import RuntimeInputError
 from runtime.manifest import Manifest, manifest_path
 from runtime.pipeline import FrameProcessor, Pipeline, VideoSink
 from runtime.serve import FrameServer, needs_token
