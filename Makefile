@@ -16,9 +16,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Reinstall when the dependency list changes. torch is installed first, pinned, so that nothing pulls the
+# Sources of the compiled extension: a change rebuilds it (the editable install does not rebuild on import).
+NATIVE := $(shell find kernels -name '*.cpp' -o -name '*.h' -o -name '*.cuh' -o -name 'CMakeLists.txt' 2>/dev/null)
+
+# Reinstall when the dependency list or the native sources change. torch is installed first, pinned, so that nothing pulls the
 # multi-GB CUDA build; the project itself is installed editable (scikit-build-core builds the native parts).
-$(STAMP): pyproject.toml CMakeLists.txt | $(PY)
+$(STAMP): pyproject.toml CMakeLists.txt $(NATIVE) | $(PY)
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[dev]"
 	touch $(STAMP)
