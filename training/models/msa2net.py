@@ -512,6 +512,15 @@ class MultiScaleGatedAttn(nn.Module):
 
 
 # ============================================================================ decoder
+def _tokens_to_blocks(x: torch.Tensor, resolution: tuple[int, int], f: int, who: str) -> torch.Tensor:
+    """(B, H·W, f²·C) tokens → (B, f²·H·W, C): each token becomes an f×f block of C-channel tokens."""
+    h, w = resolution
+    b, n, c = x.shape
+    if _eager() and n != h * w:
+        raise ValueError(f"{who} expects {h}x{w} = {h * w} tokens, got {n}")
+    return x.reshape(b, h, w, f, f, c // (f * f)).permute(0, 1, 3, 2, 4, 5).reshape(b, f * f * h * w, c // (f * f))
+
+
 class PatchExpand(nn.Module):
     """Linear C→2C (no bias), each token's 2C channels → a 2×2 block of C/2 (row, col, channel order), LN(C/2).
 
@@ -525,13 +534,7 @@ class PatchExpand(nn.Module):
         self.norm = nn.LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.resolution
-        x = self.expand(x)
-        b, n, c = x.shape
-        if _eager() and n != h * w:
-            raise ValueError(f"PatchExpand expects {h}x{w} = {h * w} tokens, got {n}")
-        x = x.reshape(b, h, w, 2, 2, c // 4).permute(0, 1, 3, 2, 4, 5).reshape(b, 4 * h * w, c // 4)
-        return self.norm(x)
+        return self.norm(_tokens_to_blocks(self.expand(x), self.resolution, 2, "PatchExpand"))
 
 
 class FinalPatchExpand_X4(nn.Module):  # noqa: N801 - official class name
@@ -544,13 +547,7 @@ class FinalPatchExpand_X4(nn.Module):  # noqa: N801 - official class name
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.resolution
-        x = self.expand(x)
-        b, n, c = x.shape
-        if _eager() and n != h * w:
-            raise ValueError(f"FinalPatchExpand_X4 expects {h}x{w} = {h * w} tokens, got {n}")
-        x = x.reshape(b, h, w, 4, 4, c // 16).permute(0, 1, 3, 2, 4, 5).reshape(b, 16 * h * w, c // 16)
-        return self.norm(x)
+        return self.norm(_tokens_to_blocks(self.expand(x), self.resolution, 4, "FinalPatchExpand_X4"))
 
 
 class LKA(nn.Module):
