@@ -27,7 +27,7 @@ from typing import Sequence
 from runtime.backends import create_backend, default_backend
 from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path, write_json_atomic
-from runtime.pipeline import FrameProcessor, Pipeline, VideoSink
+from runtime.pipeline import Pipeline, VideoSink, create_processor
 from runtime.video import open_source
 
 CACHE = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
@@ -47,6 +47,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     try:
         from export.errors import ExportError
         from export.onnx import export_onnx
+        from training import get_spec
         from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
     except ImportError as e:
         raise RuntimeInputError(
@@ -60,7 +61,11 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
         except ValueError as e:
             raise RuntimeInputError(str(e)) from None
     flavour = "qdq-u8" if (args.precision == "int8" and backend == "ort") else "qdq-s8"
-    name = f"{args.model}-{args.precision}{'-' + flavour if args.precision == 'int8' else ''}-{tag}.onnx"
+    try:
+        h, w = get_spec(args.model).input_hw
+    except Exception as e:  # noqa: BLE001 - unknown model name
+        raise RuntimeInputError(str(e).strip("'\"")) from None
+    name = f"{args.model}-{h}x{w}-{args.precision}{'-' + flavour if args.precision == 'int8' else ''}-{tag}.onnx"
     path = CACHE / "onnx" / name
     if not path.is_file():
         print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)
@@ -131,8 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path = resolve_model(args, backend_name)
         manifest = Manifest.load(manifest_path(model_path))
         manifest.check_matches(model_path)
+        if manifest.plugins and backend_name != "trt":
+            ops = ", ".join(e["name"] if isinstance(e, dict) else str(e) for e in manifest.plugins)
+            raise RuntimeInputError(f"{model_path.name} is a TensorRT deploy graph with plugin nodes ({ops}); the "
+                                    f"{backend_name} backend runs the reference graph: export it without --plugins")
         backend = create_backend(backend_name, model_path, threads=args.threads).open()
-        processor = FrameProcessor(backend, manifest, fast=args.fast, threads=1)
+        processor = create_processor(backend, manifest, fast=args.fast, threads=1)
         processor.warmup()
         sinks = []
         if args.out:

@@ -37,7 +37,8 @@ ROWS = (
     ("ort int8 qdq-s8", "int8", "qdq-s8", "ort", {}),
     ("openvino fp32", "fp32", "", "openvino", {"inference_precision": "f32"}),
     ("openvino fp32→bf16", "fp32", "", "openvino", {"inference_precision": None}),
-    ("openvino int8 qdq-s8", "int8", "qdq-s8", "openvino", {"inference_precision": "f32"}),
+    ("openvino int8 qdq-s8", "int8", "qdq-s8", "openvino", {"inference_precision": "auto"}),
+    ("openvino int8, f32 rest", "int8", "qdq-s8", "openvino", {"inference_precision": "f32"}),
 )
 
 
@@ -80,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     b = TorchBackend(net, spec.input_hw, args.threads).open()
                     sessions.append({"model": model, "row": label, "backend": b, "x": x, "path": None, "times": []})
                     continue
-                path = Path(args.work_dir) / f"{model}-{prec}{'-' + flav if flav else ''}.onnx"
+                from training import get_spec
+
+                h, w = get_spec(model).input_hw
+                path = Path(args.work_dir) / f"{model}-{h}x{w}-{prec}{'-' + flav if flav else ''}.onnx"
                 if not path.is_file():
                     print(f"exporting {path.name} …", flush=True)
                     man = export_onnx(model, path, precision=prec, int8_flavour=flav or "qdq-s8",

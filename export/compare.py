@@ -80,9 +80,10 @@ def compare(
     limit: int = 0,
     work_dir: str | os.PathLike[str] = "artifacts/compare",
     calib_count: int = 256,
-    calib_method: str = "percentile",
+    calib_method: str | None = None,
     input_hw: Sequence[int] | None = None,
     threads: int | None = None,
+    exclude_nodes: Sequence[str] | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
     from training.data import find_pairs, read_mask
@@ -136,7 +137,7 @@ def compare(
             if not path.is_file():
                 export_onnx(model_name, path, checkpoint=checkpoint, precision=precision, input_hw=hw,
                             int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,
-                            progress=False, log=lambda *a: None, **calib_kw)
+                            exclude_nodes=exclude_nodes or (), progress=False, log=lambda *a: None, **calib_kw)
             if backend == "trt":
                 path = _engine_for(path)
                 if path is None:
@@ -189,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N images only")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--calib-count", type=int, default=256)
-    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default="percentile")
+    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default=None,
+                   help="INT8 calibration (default: the model's)")
+    p.add_argument("--exclude-nodes", nargs="*", default=None,
+                   help="INT8: node names kept in float (default: the model's sensitive layers)")
     p.add_argument("--work-dir", default="artifacts/compare", help="where exported graphs are cached")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="write the rows as JSON")
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = compare(args.model, args.data, checkpoint=args.checkpoint, split=args.split, precisions=precisions,
                        limit=args.limit, work_dir=args.work_dir, calib_count=args.calib_count,
                        calib_method=args.calib_method, input_hw=args.input_size, threads=args.threads,
-                       log=lambda *a: None)
+                       exclude_nodes=args.exclude_nodes, log=lambda *a: None)
     except (ExportError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -177,14 +177,19 @@ def export_onnx(
     calib_data: str | None = None,
     calib_split: str | None = None,
     calib_count: int = DEFAULT_CALIB_COUNT,
-    calib_method: str = "percentile",
+    calib_method: str | None = None,
     int8_flavour: str = "qdq-s8",
     exclude_nodes: Sequence[str] = (),
     parity_frames: int = 8,
+    plugins: bool = False,
     progress: bool = True,
     log=print,
 ) -> Manifest:
-    """Export ``name`` to ``out`` at ``precision`` and write its manifest; returns the manifest."""
+    """Export ``name`` to ``out`` at ``precision`` and write its manifest; returns the manifest.
+
+    ``plugins=True`` writes the TensorRT deploy graph (each fusable block one plugin node, :mod:`export.plugins`);
+    its parity is checked with the plugin nodes executed by the kernels' CPU path.
+    """
     from .precision import activation_ranges, lint_qdq_for_tensorrt, quantize_int8, to_fp16
 
     if precision not in PRECISIONS:
@@ -194,6 +199,7 @@ def export_onnx(
     t0 = time.perf_counter()
     model, src = load_for_export(name, checkpoint)
     spec = model.spec
+    calib_method = calib_method or spec.int8_calibration
     hw = [int(v) for v in (input_hw or spec.input_hw)]
     if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
         raise ExportError(f"--input-size must be multiples of {spec.size_divisor}, got {hw[0]}x{hw[1]}")
@@ -257,6 +263,17 @@ def export_onnx(
                 log(f"        flavour qdq-u8 is for ONNX Runtime CPU; TensorRT would reject it ({len(problems)} lint "
                     "problems, e.g. uint8 zero points)")
 
+        deploy_blocks: list = []
+        if plugins:
+            from .plugins import cpu_session, make_deploy_graph, plugin_summary
+
+            reference = final
+            deploy, deploy_blocks = make_deploy_graph(onnx.load(str(reference)), model)
+            final = tmp / "deploy.onnx"
+            onnx.save(deploy, str(final))
+            counts = ", ".join(f"{e['count']} × {e['name']}" for e in plugin_summary(deploy_blocks))
+            log(f"        deploy graph: {counts} (namespace polypseg, version 1)")
+
         # parity against PyTorch on real frames
         par: dict[str, Any] = {}
         pframes = frames[:parity_frames] if frames else []
@@ -265,9 +282,16 @@ def export_onnx(
 
             pframes = [npr.default_rng(0).standard_normal((1, spec.in_channels, *hw)).astype(np.float32)]
         ref = _torch_logits(model, pframes)
-        backends = ["ort"] + (["openvino"] if precision == "int8" and flavour == "qdq-s8" and _has_openvino() else [])
-        for b in backends:
-            par[b] = parity(ref, _ort_logits(final, pframes, b))
+        if plugins:
+            # the reference graph on ONNX Runtime, and the deploy graph with its plugin nodes run by the kernel source
+            par["ort"] = parity(ref, _ort_logits(reference, pframes))
+            sess = cpu_session(onnx.load(str(final)), impl="kernel", threads=os.cpu_count())
+            par["ort+plugins-cpu"] = parity(ref, [sess.run(None, {"input": x})[0] for x in pframes])
+        else:
+            backends = ["ort"] + (["openvino"] if precision == "int8" and flavour == "qdq-s8" and _has_openvino()
+                                  else [])
+            for b in backends:
+                par[b] = parity(ref, _ort_logits(final, pframes, b))
         par["frames_source"] = str(data_dir) if frames else "random normal input (no real frames available)"
         log("[3/4] parity vs PyTorch on " + f"{len(pframes)} frames: " + "; ".join(
             f"{b}: max|Δ| {p['max_abs_diff']:.2e}, mask Dice {p['dice_vs_torch']:.4f}"
@@ -282,7 +306,7 @@ def export_onnx(
             dynamic_batch=dynamic_batch, precision=precision, quant_flavour=flavour, opset=OPSET,
             ir_version=onnx.load(str(final), load_external_data=False).ir_version,
             onnx_sha256=sha256_file(final), checkpoint=src["checkpoint"], checkpoint_sha256=src["checkpoint_sha256"],
-            plugins=[], fp32_ops=kept, parity=par,
+            plugins=plugin_summary(deploy_blocks) if plugins else [], fp32_ops=kept, parity=par,
             export_config={"calib_data": str(data_dir or ""), "calib_split": str(data_split or ""),
                            "calib_count": len(ids) if precision == "int8" else 0, "calib_method": calib_method,
                            "exclude_nodes": list(exclude_nodes), **{k: v for k, v in extra.items()}},
@@ -311,10 +335,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-data", help="folder of real frames for INT8 calibration (default: the training data)")
     p.add_argument("--calib-split", help="split file selecting calibration ids")
     p.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT, help="calibration frames")
-    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default="percentile")
+    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default=None,
+                   help="INT8 activation calibration (default: the model's, see training.get_spec(NAME))")
     p.add_argument("--int8-flavour", choices=("qdq-s8", "qdq-u8"), default="qdq-s8",
                    help="qdq-s8: symmetric (TensorRT, OpenVINO); qdq-u8: uint8 activations (ONNX Runtime CPU)")
     p.add_argument("--exclude-nodes", nargs="*", default=[], help="node names kept in float (sensitive layers)")
+    p.add_argument("--plugins", action="store_true",
+                   help="TensorRT deploy graph: each fusable block one plugin node (see kernels/plugins)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -332,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_onnx(args.model, args.out, checkpoint=args.checkpoint, precision=args.precision,
                     input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
                     calib_split=args.calib_split, calib_count=args.calib_count, calib_method=args.calib_method,
-                    int8_flavour=args.int8_flavour, exclude_nodes=args.exclude_nodes, progress=args.progress)
+                    int8_flavour=args.int8_flavour, exclude_nodes=args.exclude_nodes, plugins=args.plugins,
+                    progress=args.progress)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

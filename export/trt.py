@@ -144,6 +144,24 @@ class _Progress:
         return Monitor()
 
 
+PLUGIN_BUILD_HINT = ("build it with `cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=<dir with NvInfer.h> && "
+                     "cmake --build build/plugins` (or set POLYPSEG_PLUGIN_LIBRARY to the .so)")
+
+
+def _plugin_libs(args) -> list[Path]:
+    """--plugin-lib paths, else (with --plugins) the library found by kernels.plugin_library."""
+    libs = [Path(p) for p in args.plugin_lib]
+    for p in libs:
+        if not p.is_file():
+            raise ExportError(f"--plugin-lib {str(p)!r} does not exist")
+    if args.plugins and not libs:
+        from kernels.plugin_library import find_plugin_library
+
+        found = find_plugin_library()
+        libs = [found] if found else []
+    return libs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
@@ -151,7 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{prec}", dest="precision", action="store_const", const=prec, help=f"{prec} engine")
     add_args(p)
     p.add_argument("--out", help="engine path (default: artifacts/<model>-<precision>.engine)")
-    p.add_argument("--plugins", action="store_true", help="deploy graph with the fused plugin nodes")
     p.add_argument("--plugin-lib", action="append", default=[], help="plugin shared library to load for the build")
     p.add_argument("--workspace-mb", type=int, default=1024)
     return p
@@ -162,27 +179,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"artifacts/{args.model}-{args.precision}.engine")
     onnx_path = out.with_suffix(".onnx")
     try:
-        if args.plugins:
-            raise ExportError("--plugins needs the fused-kernel plugin library, which this build does not provide yet")
         if out.suffix not in (".engine", ".plan"):
             raise ExportError(f"--out must end in .engine or .plan, got {str(out)!r}")
         manifest = export_onnx(args.model, onnx_path, checkpoint=args.checkpoint, precision=args.precision,
                                input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
                                calib_split=args.calib_split, calib_count=args.calib_count,
                                calib_method=args.calib_method, int8_flavour="qdq-s8",
-                               exclude_nodes=args.exclude_nodes, progress=args.progress)
+                               exclude_nodes=args.exclude_nodes, plugins=args.plugins, progress=args.progress)
+        plugin_libs = _plugin_libs(args)
+        if plugin_libs:
+            manifest.export_config["plugin_libs"] = {str(p): sha256_file(p) for p in plugin_libs}
+            manifest.save(manifest_path(onnx_path))
         why = _why_no_engine()
         if why:
             print(
                 f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
                 f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
                 f"TensorRT 11 GPU machine) run: python -m export.trt --model {args.model} --{args.precision} "
-                f"--out {out.name}   (or: trtexec --onnx={onnx_path.name} --saveEngine={out.name}; no precision "
-                "flags needed)",
+                f"{' --plugins' if args.plugins else ''} --out {out.name}   (or: trtexec --onnx={onnx_path.name} "
+                f"--saveEngine={out.name}{' --dynamicPlugins=libpolypseg_trt_plugins.so' if args.plugins else ''}; "
+                "no precision flags needed)",
                 file=sys.stderr,
             )
             return EXIT_NO_ENGINE
-        build_engine(onnx_path, out, manifest, args.plugin_lib, args.workspace_mb)
+        if args.plugins and not plugin_libs:
+            raise ExportError(f"--plugins: the plugin library is not built; {PLUGIN_BUILD_HINT}, or pass --plugin-lib PATH")
+        build_engine(onnx_path, out, manifest, plugin_libs, args.workspace_mb)
         print(f"engine success ✅ saved as {out} ({out.stat().st_size / 2**20:.1f} MB) + {manifest_path(out).name}")
     except (ExportError, BackendUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)

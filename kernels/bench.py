@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m kernels.bench [--frame ../shared/data/colonoscopy-1080p-frames/0001.png] [--input-size 288 288]
+    python -m kernels.bench [--frame ../shared/data/colonoscopy-1080p-frames/0001.png] [--input-size 256 256]
                             [--threads 1] [--rounds 50]
 
 Both paths do the same work per frame: BGR uint8 frame → normalised NCHW float32 network input, and logits →
@@ -25,7 +25,7 @@ from . import ops
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
     p.add_argument("--frame", default="../shared/data/colonoscopy-1080p-frames/0001.png")
-    p.add_argument("--input-size", type=int, nargs=2, default=(288, 288))
+    p.add_argument("--input-size", type=int, nargs=2, default=(256, 256))
     p.add_argument("--threads", type=int, default=1, help="threads of the compiled path")
     p.add_argument("--rounds", type=int, default=50)
     a = p.parse_args(argv)

@@ -29,7 +29,7 @@ import numpy as np
 from .backends import create_backend
 from .errors import BackendUnavailableError, RuntimeInputError
 from .manifest import Manifest, manifest_path, write_json_atomic
-from .pipeline import FrameProcessor, Pipeline
+from .pipeline import Pipeline, create_processor
 from .video import open_source
 
 ROWS = {
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "dice_vs_torch": 2 * inter / tot if tot else 1.0}
 
     def pipeline_fps(backend, manifest) -> dict[str, Any]:
-        proc = FrameProcessor(backend, manifest, fast=True, threads=1)
+        proc = create_processor(backend, manifest, fast=True, threads=1)
         proc.warmup()
         n_frames, secs, e2e = 0, 0.0, []
         for s in sources:

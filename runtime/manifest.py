@@ -82,7 +82,8 @@ class Manifest:
     onnx_sha256: str = ""
     checkpoint: str = ""
     checkpoint_sha256: str = ""
-    plugins: list[str] = field(default_factory=list)
+    # TensorRT plugin ops of a deploy graph: [{name, version, namespace, count, blocks}]; empty = standard ops only
+    plugins: list[dict[str, Any]] = field(default_factory=list)
     fp32_ops: list[str] = field(default_factory=list)
     parity: dict[str, Any] = field(default_factory=dict)
     export_config: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,7 @@ from .backends.base import Backend
 from .manifest import Manifest
 from .video import Source, SourceError
 
-__all__ = ["FrameProcessor", "Pipeline", "RunReport", "latency_stats"]
+__all__ = ["FrameProcessor", "Pipeline", "RunReport", "create_processor", "latency_stats"]
 
 try:
     from kernels import ops as _ops
@@ -86,6 +86,17 @@ class FrameProcessor:
         out, mask = overlay_reference(frame, logits, self.m.threshold, self.fill, self.alpha, self.outline)
         frame[...] = out
         return int(mask.sum())
+
+
+def create_processor(backend: Backend, manifest: Manifest, fast: bool = True, threads: int = 1):
+    """The frame processor for ``backend``: on TensorRT, the all-GPU one (CUDA pre/post kernels around the engine,
+    :mod:`runtime.gpu`) when its library is built; otherwise the CPU one (C++ hot path)."""
+    if fast and getattr(backend, "name", "") == "trt":
+        from .gpu import GpuFrameProcessor, find_cuda_hotpath
+
+        if find_cuda_hotpath() is not None:
+            return GpuFrameProcessor(backend, manifest)
+    return FrameProcessor(backend, manifest, fast=fast, threads=threads)
 
 
 @dataclass

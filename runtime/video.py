@@ -125,6 +125,10 @@ def make_video(frames_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     first = cv2.imread(str(src.files[0]))
     h, w = first.shape[:2]
     out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeInputError(f"cannot create {str(out.parent)!r}: {e.strerror or e}") from None
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     wr = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not wr.isOpened():

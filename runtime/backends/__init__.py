@@ -28,7 +28,7 @@ def _ort_cuda(path, threads=None, **kw):
 def _ov(path, threads=None, **kw):
     from .openvino import OpenVinoBackend
 
-    return OpenVinoBackend(path, threads, kw.get("inference_precision", "f32"))
+    return OpenVinoBackend(path, threads, kw.get("inference_precision", "auto"))
 
 
 def _trt(path, threads=None, **kw):

@@ -82,7 +82,16 @@ class TrtBackend(Backend):
         for lib, digest in (eng.get("plugin_libs") or {}).items():
             local = [p for p in self.plugin_libs if Path(p).name == Path(lib).name]
             if not local:
-                raise EngineError(f"{self.engine_path.name} needs the plugin library {Path(lib).name}: pass it")
+                from kernels.plugin_library import find_plugin_library
+
+                found = find_plugin_library()
+                if found is not None and found.name == Path(lib).name:
+                    self.plugin_libs = (*self.plugin_libs, str(found))
+                    local = [str(found)]
+            if not local:
+                raise EngineError(f"{self.engine_path.name} needs the plugin library {Path(lib).name}: build it "
+                                  "(cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=…) or set "
+                                  "POLYPSEG_PLUGIN_LIBRARY")
             if digest and sha256_file(local[0]) != digest:
                 raise EngineError(f"plugin library {local[0]} differs from the one the engine was built with: rebuild")
 
@@ -143,6 +152,27 @@ class TrtBackend(Backend):
             self.open()
         return self._in
 
+    # ------------------------------------------------------------------ device-side use (runtime.gpu)
+    def device_io(self) -> dict:
+        """Device pointers of the engine's input and first output, their dtype/size, and the stream."""
+        if self._ctx is None:
+            self.open()
+        i0, o0 = self._inputs[0], self._outputs[0]
+        out_shape = self._bufs[o0][1].shape
+        if self._bufs[o0][1].dtype != np.float32:
+            raise EngineError("the GPU hot path needs float32 logits (export with float32 I/O)")
+        return {"input": self._bufs[i0][0], "input_dtype": str(self._bufs[i0][1].dtype), "output": self._bufs[o0][0],
+                "out_hw": tuple(out_shape[-2:]), "stream": self._stream}
+
+    def enqueue(self) -> None:
+        """Run the engine on its device input buffer, asynchronously on :meth:`device_io`'s stream (no copies)."""
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+
+        if self._graph_exec is not None:
+            check(cudart.cudaGraphLaunch(self._graph_exec, self._stream))
+        elif not self._ctx.execute_async_v3(self._stream):
+            raise EngineError("TensorRT enqueue failed (see the TensorRT log)")
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
 
@@ -150,10 +180,7 @@ class TrtBackend(Backend):
         dptr, host, hptr = self._bufs[self._inputs[0]]
         np.copyto(host, x, casting="same_kind")
         check(cudart.cudaMemcpyAsync(dptr, hptr, host.nbytes, h2d, self._stream))
-        if self._graph_exec is not None:
-            check(cudart.cudaGraphLaunch(self._graph_exec, self._stream))
-        elif not self._ctx.execute_async_v3(self._stream):
-            raise EngineError("TensorRT enqueue failed (see the TensorRT log)")
+        self.enqueue()
         odptr, ohost, ohptr = self._bufs[self._outputs[0]]
         check(cudart.cudaMemcpyAsync(ohptr, odptr, ohost.nbytes, d2h, self._stream))
         check(cudart.cudaStreamSynchronize(self._stream))

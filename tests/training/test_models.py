@@ -62,7 +62,7 @@ def test_spec_fields():
     assert s.input_hw == (352, 352) and s.in_channels == 3 and s.num_classes == 1
     assert s.output_activation == "sigmoid" and s.mean == (0.485, 0.456, 0.406)
     assert "MultiScaleSubtraction" in s.plugin_blocks
-    assert get_spec("msnet_effl0").input_hw == (288, 288)
+    assert get_spec("msnet_effl0").input_hw == (256, 256)
     d = s.to_dict()
     assert "build" not in d and d["input_hw"] == [352, 352]
 

@@ -47,7 +47,7 @@ def test_train_writes_outputs_and_resumes_exactly(kvasir, tmp_path):
     rows = list(csv.DictReader(open(straight / "log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(0 <= float(r["val_mDice"]) <= 1 for r in rows)
     best = torch.load(straight / "best.pt", weights_only=True)
-    assert best["model"] == "msnet_effl0" and best["spec"]["input_hw"] == [288, 288]
+    assert best["model"] == "msnet_effl0" and best["spec"]["input_hw"] == [256, 256]
     load_model("msnet_effl0", straight / "best.pt")
 
     # interrupted after one epoch, then resumed: identical weights to the uninterrupted run
