@@ -186,8 +186,9 @@ class Pipeline:
                     continue
             return False
 
-        # ordered sources read a frame only when the inference stage has room for it, so that the capture
-        # timestamp is the moment the frame could enter the pipeline (as a camera frame would), not a read-ahead
+        # ordered sources read the next frame only once the inference stage has finished the previous one, so that
+        # the capture timestamp is the moment the frame could enter the pipeline (as a camera frame would), not a
+        # read-ahead that sits in a queue: end-to-end latency then measures the pipeline, not a backlog
         slots = threading.Semaphore(self.queue_size)
 
         def capture() -> None:
@@ -237,13 +238,14 @@ class Pipeline:
                             continue
                         if item is _END:
                             break
-                        slots.release()
                     idx, frame, t_cap = item
                     t0 = time.perf_counter()
                     x = self.proc.preprocess(frame)
                     t1 = time.perf_counter()
                     logits = self.proc.infer(x)
                     t2 = time.perf_counter()
+                    if not live:
+                        slots.release()
                     self.stats["preprocess"].append((t1 - t0) * 1e3)
                     self.stats["infer"].append((t2 - t1) * 1e3)
                     if not put(out_q, (idx, frame, logits.copy(), t_cap)):
