@@ -87,9 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path = Path(args.work_dir) / f"{model}-{h}x{w}-{prec}{'-' + flav if flav else ''}.onnx"
                 if not path.is_file():
                     print(f"exporting {path.name} …", flush=True)
-                    man = export_onnx(model, path, precision=prec, int8_flavour=flav or "qdq-s8",
-                                      calib_data=str(data), calib_split=str(data / "splits" / "train.txt"),
-                                      calib_count=args.calib_count, progress=False, log=lambda *a: None)
+                    try:
+                        man = export_onnx(model, path, precision=prec, int8_flavour=flav or "qdq-s8",
+                                          calib_data=str(data), calib_split=str(data / "splits" / "train.txt"),
+                                          calib_count=args.calib_count, progress=False, log=lambda *a: None)
+                    except ExportError as e:  # e.g. FP16 overflow of an untrained net: skip the row, keep the run
+                        print(f"  {model} / {label}: skipped ({e})", flush=True)
+                        continue
                 else:
                     from runtime.manifest import Manifest
 

@@ -95,8 +95,27 @@ def to_fp16(
     m16 = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(FP32_OP_TYPES), node_block_list=keep_nodes
     )
+    _drop_duplicate_casts(m16.graph)
     toposort(m16.graph)  # the converter appends its I/O casts at the end of the node list
     return m16, sorted(kept)
+
+
+def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
+    """The float16 converter inserts one Cast per (initializer, kept node) and names it after the initializer, so an
+    initializer shared by two kept nodes gets two identical Casts with one output name (not SSA). Keep one."""
+    seen: dict[str, onnx.NodeProto] = {}
+    nodes = []
+    for n in graph.node:
+        dup = [o for o in n.output if o in seen]
+        if dup:
+            first = seen[dup[0]]
+            if (n.op_type, list(n.input), n.attribute) != (first.op_type, list(first.input), first.attribute):
+                raise ExportError(f"float16 conversion produced two different nodes writing {dup[0]!r}")
+            continue
+        seen.update((o, n) for o in n.output)
+        nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def toposort(graph: onnx.GraphProto) -> None:

@@ -166,3 +166,49 @@ def test_models_without_blocks_are_refused(tmp_path):
     m = onnx.ModelProto()
     with pytest.raises(ExportError, match="no plugin-eligible block"):
         make_deploy_graph(m, model)
+
+
+def test_deploy_nodes_create_our_plugins_in_the_tensorrt_registry(tmp_path):
+    """What TensorRT's ONNX parser does with a deploy node — creator by (op_type, plugin_version, plugin_namespace),
+    attributes as PluginFields (INTS → INT32, FLOATS/FLOAT → FLOAT32) — done here through the lean runtime's
+    registry with our built library, for every node of an MSNet, an M2SNet and a guided-attention deploy graph."""
+    from kernels.plugin_library import find_plugin_library
+
+    lib = find_plugin_library()
+    if lib is None:
+        pytest.skip("libpolypseg_trt_plugins.so not built (needs TensorRT headers: TENSORRT_INCLUDE_DIR)")
+    trt = pytest.importorskip("tensorrt_lean")
+    import gc
+
+    reg = trt.get_plugin_registry()
+    handle = reg.load_library(str(lib))
+    created = []
+    try:
+        graphs = []
+        for name, hw in (("msnet_effl0", (64, 64)), ("m2snet_effl0", (64, 64)), ("msga", (64, 64))):
+            model = _perturb(training.create_model(name).eval())
+            graphs.append(make_deploy_graph(export_fp32(model, hw, tmp_path / f"{name}.onnx"), model)[0])
+        seen = set()
+        for g in graphs:
+            for n in plugin_nodes(g):
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+                c = reg.get_creator(n.op_type, attrs["plugin_version"].decode(), attrs["plugin_namespace"].decode())
+                assert c is not None, n.op_type
+                declared = {f.name for f in c.field_names}
+                fields = []
+                for k, v in attrs.items():
+                    if k not in declared:
+                        continue  # the parser reads only declared fields
+                    arr = np.asarray(v if isinstance(v, (list, tuple)) else [v])
+                    is_int = arr.dtype.kind in "iu" or (arr.size == 0 and k == "scales")
+                    arr = arr.astype(np.int32 if is_int else np.float32)
+                    fields.append(trt.PluginField(k, arr, trt.PluginFieldType.INT32 if is_int
+                                                  else trt.PluginFieldType.FLOAT32))
+                created.append(c.create_plugin(n.name, trt.PluginFieldCollection(fields), trt.TensorRTPhase.BUILD))
+                assert created[-1] is not None, f"{n.name}: our creator refused the node's attributes"
+                seen.add(n.op_type)
+        assert seen == {"MultiScaleSubtraction", "PositionAttention", "ChannelAttention"}
+    finally:
+        created.clear()  # plugin objects must die before their library is unloaded
+        gc.collect()
+        reg.deregister_library(handle)

@@ -1,0 +1,74 @@
+// TensorRT plugin ChannelAttention (polypseg, version 1): DANet's channel attention module,
+//   E = X·Xᵀ (C×C over N = H·W),  A = softmax_j(rowmax(E) − E),  out = gamma · A·X + X
+// Kernel: kernels/channel_attention/ (one block per row of E, float32 accumulation).
+//
+// Input X [B, C, H, W], output [B, C, H, W]; field gamma (kFLOAT32, one value). C ≤ 2048 (one row of E lives in
+// shared memory).
+#include <utility>
+
+#include "plugin_common.h"
+
+namespace polypseg::plugins {
+namespace {
+
+using nvinfer1::Dims;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldType;
+
+constexpr int64_t kMaxC = 2048;  // = polypseg_cam::kMaxC (kernels/channel_attention/cam_kernel.cuh)
+
+class ChannelAttention final : public PluginBase {
+ public:
+  static constexpr char kName[] = "ChannelAttention";
+
+  static std::vector<FieldSpec> fieldSpecs() {
+    return {{"gamma", PluginFieldType::kFLOAT32, 1, "write 'gamma' as a FLOAT attribute (the block's learned scale)"}};
+  }
+
+  static PluginBase* create(FieldReader const& fields) { return new ChannelAttention(singleFloat(fields, "gamma")); }
+
+  explicit ChannelAttention(float gamma) : PluginBase(kName, 1), gamma_(gamma) {
+    metadata_ = "gamma=" + formatFloat(gamma_);
+    timing_cache_id_ = "r1";  // gamma changes no work; "r1" = kernel revision (bump when the kernel changes)
+  }
+
+ protected:
+  PluginBase* cloneImpl() const override { return new ChannelAttention(gamma_); }
+
+  char const* inputName(int32_t) const noexcept override { return "input X [B, C, H, W]"; }
+
+  int32_t outputShapeInput() const noexcept override { return 0; }
+
+  void checkShapes(Dims const* in) const override {
+    Dims const& x = in[0];
+    if (known(x.d[1]) && (x.d[1] < 1 || x.d[1] > kMaxC))
+      throw PluginError("the channel count C = " + std::to_string(x.d[1]) + " is outside [1, " +
+                        std::to_string(kMaxC) +
+                        "] (one row of the C×C energy lives in shared memory). Fix: export this block without the "
+                        "plugin (regular layers)");
+    if (known(x.d[2]) && known(x.d[3])) toInt(x.d[2] * x.d[3], "N = H*W");
+  }
+
+  cudaError_t launch(nvinfer1::PluginTensorDesc const* in, void const* const* inputs, void* output, bool fp16,
+                     cudaStream_t stream) const override {
+    Dims const& x = in[0].dims;
+    return polypseg_cam_launch(inputs[0], output, toInt(x.d[0], "B"), toInt(x.d[1], "C"),
+                               toInt(x.d[2] * x.d[3], "N = H*W"), gamma_, fp16 ? 1 : 0, stream);
+  }
+
+  void serialFields(std::vector<PluginField>& out) const override {
+    out.emplace_back("gamma", &gamma_, PluginFieldType::kFLOAT32, 1);
+  }
+
+ private:
+  float gamma_;
+};
+
+}  // namespace
+
+nvinfer1::IPluginCreatorV3One* channelAttentionCreator() {
+  static Creator<ChannelAttention> creator;
+  return &creator;
+}
+
+}  // namespace polypseg::plugins
