@@ -136,6 +136,11 @@ def _slice(ix: _Index, output: str, internal: Callable[[onnx.NodeProto], bool]) 
                 nodes.append(p)
                 stack.extend(reversed([i for i in p.input if i]))
             continue
+        if p is not None and (p.op_type == "Cast" or p.op_type in _QDQ) and ix.is_float(p.input[0]):
+            # a precision cast or Q/DQ pair the converters put between the block and its input (e.g. FP16 graphs
+            # keep ReduceSum in float32): the plugin reads the source tensor; the cast dies with the block
+            stack.append(p.input[0])
+            continue
         if ix.is_float(t) and t not in boundary:
             boundary.append(t)
     return nodes, boundary

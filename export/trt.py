@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
                 f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
                 f"TensorRT 11 GPU machine) run: python -m export.trt --model {args.model} --{args.precision} "
-                f"{' --plugins' if args.plugins else ''} --out {out.name}   (or: trtexec --onnx={onnx_path.name} "
+                f"{'--plugins ' if args.plugins else ''}--out {out.name}   (or: trtexec --onnx={onnx_path.name} "
                 f"--saveEngine={out.name}{' --dynamicPlugins=libpolypseg_trt_plugins.so' if args.plugins else ''}; "
                 "no precision flags needed)",
                 file=sys.stderr,

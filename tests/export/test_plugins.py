@@ -212,3 +212,17 @@ def test_deploy_nodes_create_our_plugins_in_the_tensorrt_registry(tmp_path):
         created.clear()  # plugin objects must die before their library is unloaded
         gc.collect()
         reg.deregister_library(handle)
+
+
+def test_fp16_m2snet_deploy_graph_reads_the_float16_tensors(tmp_path):
+    """FP16 graphs keep ReduceSum in float32 behind Cast nodes; the plugin takes the float16 block inputs and the
+    casts die with the block (no dangling Cast, no third input)."""
+    from export.precision import to_fp16
+
+    model = training.create_model("m2snet_effl0").eval()
+    m16, _ = to_fp16(export_fp32(model, (64, 64), tmp_path / "ref.onnx"))
+    deploy, blocks = make_deploy_graph(m16, model)
+    assert len(blocks) == 10 and all(len(b.inputs) == 2 for b in blocks)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(m16).graph.value_info}
+    assert {elem[i] for b in blocks for i in b.inputs} == {onnx.TensorProto.FLOAT16}
+    assert not [n for n in deploy.graph.node if n.op_type in ("ReduceSum", "AveragePool")]
