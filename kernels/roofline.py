@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -188,9 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for d in devs)
         label = key[1] + (f" {key[3]}" if args.per_instance else "")
         print(f"{key[0]:<13}{label:<22}{len(rs):>3}{key[2]:>8}{fb:>10.2f}{ub:>11.2f}{ub / fb:>7.1f}{gf:>8.2f}{cells}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # atomically: a temporary file renamed over the target
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
             json.dump(rows, f, indent=1)
+        os.replace(tmp, args.json)
     return 0
 
 
