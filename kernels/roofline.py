@@ -1,198 +1,500 @@
-"""Speed on paper: DRAM bytes and FLOPs of the fused ops against the unfused ONNX subgraphs they replace, at the
-models' native sizes, and a *predicted* time on Jetson AGX Orin and H100 from those counts.
+"""Speed on paper — a PREDICTION, not a measurement: DRAM bytes and FLOPs of the three fused ops against the ONNX
+subgraphs they replace, for every op instance of every model at its native input size, and the time a roofline
+predicts for them on a Jetson AGX Orin 64GB and an H100 SXM. No GPU has run these kernels.
 
 Usage::
 
-    python -m kernels.roofline [--model msnet msnet_effl0 m2snet msga] [--dtype float32 float16] [--json OUT]
+    python -m kernels.roofline [--model msnet m2snet msnet_effl0 m2snet_effl0 msga] [--dtype float32 float16]
+                               [--totals] [--json OUT]
 
-Counting rules (element size s = 4 or 2 bytes):
+Element size s = 4 (float32 I/O) or 2 (float16 I/O); batch 1; C = 64 everywhere in these models.
 
-* fused kernels read every input once and write the output once (ideal DRAM traffic: bilinear taps, halos and the
-  key/value tiles of PositionAttention are assumed to hit L1/L2; PositionAttention's L2 traffic — every query block
-  streams all of K and V — is reported separately); FLOPs follow the kernel source, including M2SNet's per-pixel box
-  sums of the channel sums;
-* unfused subgraphs are the exported ONNX ops (``Resize → Sub → Abs`` and M2SNet's ReduceSum/AveragePool/Mul/Expand/
-  BatchNormalization/Relu/Sub/Abs/Add; DANet's Reshape/Transpose/MatMul/Softmax/ReduceMax/Sub/Mul/Add): each op reads
-  its inputs from DRAM and writes its output, as it does when TensorRT cannot fuse across it.
+**Fused kernels** (what ``*_kernel.cuh`` does):
 
-Prediction (a PREDICTION, not a measurement — no GPU has run these kernels): fused time = max(bytes / (70 % of the
-DRAM bandwidth), FLOPs / CUDA-core FP32 peak) (the kernels use CUDA cores and accumulate in float32); unfused time =
-bytes / (70 % of the bandwidth) only, i.e. a lower bound that ignores launch overheads and assumes the MatMuls run at
-tensor-core speed. Shapes are taken from a real forward pass of each registered model (torch is imported only for
-that).
+* DRAM bytes are *ideal*: every input read once, the output written once, parameters once (M2SNet's folded BN,
+  16·C bytes, float32 in both dtypes). MultiScaleSubtraction reads A through 4 bilinear taps per output element and
+  M2SNet's blocks re-read a 2-pixel halo of A and B: we assume those re-reads hit L1/L2 (neighbouring threads share
+  taps; A is ≤ 1/4 of B). PositionAttention's blocks each stream all of K and V: we assume K and V stay in L2 (per
+  image (D + C)·N·s ≈ 1.2 MB float32 at msga's size, against 4 MB of L2 on Orin and 50 MB on H100) and report the
+  L2 traffic separately (``l2_bytes``): ⌈N/kQ⌉ query blocks × ⌈C/kCh⌉ channel passes × (D·N of K) + ⌈N/kQ⌉ × C·N of V,
+  plus Q, X and the output once (kQ = 64, kCh = 16). ChannelAttention's C blocks (one per row) each stream X twice
+  (row of E, then A·X): l2_bytes = C·(2·C·N + 2·N)·s.
+* FLOPs (FMA = 2, exp = 1, compare/max/abs = 1): MultiScaleSubtraction 11 per output element (3 lerps + |a − b|), M2SNet
+  +18 (4 BN FMAs, 4 ReLU, 2 |·−·|, 2 adds) plus the staging of channel sums over tile + halo (11·C per staged pixel)
+  and 68 adds per thread for the 3×3 and 5×5 box sums; PositionAttention N²·(⌈C/16⌉·(2D + 7) + 3C) (the scores are
+  recomputed for each 16-channel pass; online softmax 7; acc·corr + w·v = 3 per channel) + 3·C·N + N·⌈C/16⌉;
+  ChannelAttention 4·C²·N + 4·C² + 3·C·N + 254·C (two C×C×N products, row min, exp, sum, tree reductions).
+* None of the kernels uses tensor cores (plain FP32 FMAs on CUDA cores, float32 accumulation also for float16 I/O),
+  so their FLOP roof is the CUDA-core FP32 peak in both dtypes.
+
+**Unfused subgraphs** (the nodes each plugin node replaces in the graph ``python -m export.onnx`` writes today,
+checked node by node against a real export in ``tests/kernels/test_roofline.py``): every node reads its inputs
+from DRAM and writes its output (TensorRT's own pointwise fusion would remove some of this traffic); Reshape is a
+view (0 bytes). MSNet: [Resize] → Sub → Abs. M2SNet adds, per unit, ReduceSum over channels of up(A) and of B (shared
+by both scales), then per scale k ∈ {3, 5} and side: AveragePool k×k, Mul k², Expand to C channels,
+BatchNormalization, Relu; per scale Sub, Abs; two Adds. PositionAttention (its three 1×1 convolutions stay outside
+the plugin): Reshape ×3, Transpose Q, MatMul QᵀK (N×N), Softmax (N×N in and out), Transpose (N×N), MatMul V·Aᵀ,
+Reshape, Mul gamma, Add X. ChannelAttention: Reshape, Transpose, MatMul X·Xᵀ, ReduceMax, Sub, Softmax, MatMul A·X,
+Reshape, Mul, Add. Their FLOPs: 1 per output element for Sub/Abs/Add/Mul/Relu, 9 for Resize, k² + 1 for AveragePool,
+2 for BatchNormalization, 5 for Softmax, 1 per input element for ReduceSum/ReduceMax, 2·M·N·K for MatMul, none for
+Transpose/Expand/Reshape/Cast. float16: the FP16 graph (``export.precision.to_fp16``) keeps Softmax, ReduceSum, ReduceMax and
+BatchNormalization in float32 with a Cast on each side (counted: Cast reads 2 and writes 4 bytes per element or
+back); nodes the converter keeps in float32 because of their values on real frames are not modelled (so the FP16
+unfused bytes are a lower bound).
+
+**Prediction** (``predict``): fused time = max(bytes / (0.7 · DRAM bandwidth), FLOPs / CUDA-core FP32 peak), one
+kernel per instance; unfused time = Σ over nodes of max(bytes / (0.7 · bandwidth), FLOPs / peak), one kernel per node,
+peak = dense tensor-core peak for MatMul (TF32 / FP16, what TensorRT uses), the CUDA-core peak of the node's dtype
+otherwise; no launch overheads anywhere. ``fused_us_lane_capped`` also caps the FLOP rate by the launch's parallelism
+(threads launched / CUDA cores, when below 1): PositionAttention launches B·⌈N/64⌉·64 threads, which cannot fill an
+H100. Model totals are sums over instances.
+
+Shapes come from one forward pass of each registered model on torch's ``meta`` device, with hooks (torch is
+imported only in :func:`instances`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["DEVICES", "Instance", "count", "instances", "main", "predict_us"]
+__all__ = [
+    "BANDWIDTH_EFFICIENCY", "DEFAULT_MODELS", "DEVICES", "FP32_OP_TYPES", "PREDICTION", "Count", "Device", "Fused",
+    "Instance", "Kernel", "Node", "Subgraph", "count", "format_table", "fused", "instances", "main", "predict", "rows",
+    "totals", "unfused_kernels", "unfused_nodes",
+]
 
-# name: (DRAM bandwidth GB/s, FP32 CUDA-core peak TFLOP/s, source)
-DEVICES = {
-    "Jetson AGX Orin 64GB": (204.8, 5.3, "LPDDR5 204.8 GB/s; 2048 CUDA cores × 2 FLOP × 1.3 GHz"),
-    "H100 SXM": (3350.0, 67.0, "HBM3 3.35 TB/s; 67 TFLOP/s FP32 (non-tensor) datasheet"),
+PREDICTION = ("PREDICTION from DRAM byte and FLOP counts (roofline at 70 % of peak bandwidth); "
+              "no GPU has run these kernels")
+
+
+# ============================================================================ device constants (PREDICTION inputs)
+@dataclass(frozen=True)
+class Device:
+    name: str
+    dram_gbps: float  # peak DRAM bandwidth, GB/s
+    fp32_tflops: float  # CUDA-core (non-tensor) FP32 FMA peak
+    fp16_tflops: float  # CUDA-core (non-tensor) FP16 (half2) peak
+    tf32_tc_tflops: float  # dense tensor-core TF32 peak (unfused MatMul nodes only)
+    fp16_tc_tflops: float  # dense tensor-core FP16 peak (unfused MatMul nodes only)
+    cuda_cores: int
+    l2_mb: float
+    source: str
+
+
+DEVICES: dict[str, Device] = {
+    "orin": Device(
+        "Jetson AGX Orin 64GB", 204.8, 2048 * 2 * 1.3e9 / 1e12, 2 * 2048 * 2 * 1.3e9 / 1e12, 21.25, 42.5, 2048, 4.0,
+        "NVIDIA Jetson AGX Orin series data sheet / technical brief: 256-bit LPDDR5 204.8 GB/s; GPU 16 SMs × 128 = "
+        "2048 CUDA cores at 1.3 GHz max → 2048 × 2 FLOP × 1.3 GHz = 5.3 TFLOP/s FP32; 4 MB L2; 64 tensor cores, "
+        "170 sparse INT8 TOPS. Assumed: FP16 on CUDA cores 2× FP32 (half2); dense tensor FP16 = 170/2/2 = 42.5, "
+        "TF32 half of that (Ampere ratios)."),
+    "h100": Device(
+        "H100 SXM", 3350.0, 67.0, 134.0, 494.7, 989.4, 16896, 50.0,
+        "NVIDIA H100 SXM data sheet: HBM3 3.35 TB/s; FP32 67 TFLOP/s (CUDA cores); TF32 / FP16 tensor 989 / 1979 "
+        "TFLOP/s with sparsity → 494.7 / 989.4 dense; Hopper white paper: 132 SMs × 128 = 16896 FP32 cores, FP16 "
+        "non-tensor 133.8 (≈ 2× FP32), 50 MB L2."),
 }
-BANDWIDTH_EFFICIENCY = 0.7
+BANDWIDTH_EFFICIENCY = 0.70  # achievable fraction of peak DRAM bandwidth (assumption: typical STREAM-like share)
+
+# ops the FP16 graph keeps in float32 (copy of export.precision.FP32_OP_TYPES; a test keeps them equal)
+FP32_OP_TYPES = (
+    "Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2", "ReduceSumSquare",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
+    "Exp", "Log", "Pow", "Sqrt", "Erf", "Range",
+)
+
+DEFAULT_MODELS = ("msnet", "m2snet", "msnet_effl0", "m2snet_effl0", "msga")
+DTYPES = {"float32": 4, "float16": 2}
+OPS = ("MultiScaleSubtraction", "PositionAttention", "ChannelAttention")
+
+# kernel launch constants (kernels/*/*_kernel.cuh)
+MSS_TILE, MSS_HALO = 16, 2
+PAM_KQ, PAM_KCH = 64, 16
+CAM_THREADS = 128
 
 
-@dataclass
+# ============================================================================ instances
+@dataclass(frozen=True)
 class Instance:
+    """One fused-op instance. ``shape``: MultiScaleSubtraction N, C, h, w, H, W, scales (0 or 2);
+    PositionAttention B, C, D, H, W; ChannelAttention B, C, H, W."""
+
     op: str
     model: str
     block: str
-    shape: dict[str, int]
+    shape: dict[str, int] = field(hash=False)
 
-
-@dataclass
-class Count:
-    fused_bytes: float
-    unfused_bytes: float
-    flops: float
-    l2_bytes: float = 0.0
-
-
-def count(inst: Instance, s: int) -> Count:
-    """Bytes (element size ``s``) and FLOPs of one op instance, fused and unfused."""
-    d = inst.shape
-    if inst.op == "MultiScaleSubtraction":
-        n, c, h, w, H, W, scales = d["N"], d["C"], d["h"], d["w"], d["H"], d["W"], d["scales"]
-        a, x = n * c * h * w, n * c * H * W  # elements of A and of the output
-        px = n * H * W
-        fused = s * (a + 2 * x) + (16 * c if scales else 0)
-        flops = 10.0 * x  # bilinear tap blend (8) + sub + abs
-        # unfused MSNet: Resize (A → U), Sub (U, B → S), Abs (S → D); identity-size units have no Resize
-        unfused = s * ((a + x if (h, w) != (H, W) else 0) + 3 * x + 2 * x)
-        if scales:
-            flops += 2.0 * c * px  # channel sums of up(A) and B
-            flops += 2 * (9 + 25) * px * 1.0  # k×k box sums of both sums, k = 3, 5
-            flops += 2 * 7.0 * x  # per scale and channel: 2 FMA, 2 ReLU, sub, abs, add
-            per_side = 2 * (px + px) + 2 * (px + px) + (px + x) + 2 * x + 2 * x  # AvgPool, Mul, Expand, BN, Relu
-            unfused += s * (2 * (x + px) + 2 * (2 * per_side + 3 * x + 2 * x + 3 * x))  # ReduceSum ×2; 2 scales
-        return Count(fused, unfused, flops)
-    b, c, nn = d["B"], d["C"], d["N"]
-    if inst.op == "PositionAttention":
-        dq = d["D"]
-        fused = s * (2 * b * dq * nn + 3 * b * c * nn)
-        passes = -(-c // 16)  # the kernel recomputes the scores for every 16-channel chunk (kCh) of V
-        flops = 2.0 * b * nn * nn * (dq * passes + c) + 5.0 * b * nn * nn * passes
-        l2 = s * b * (nn / 64) * nn * (dq * passes + c)  # each 64-query block streams all keys (per pass) and values
-        nsq = b * nn * nn
-        unfused = s * (2 * (2 * b * dq * nn)  # reshape/transpose copies of Q (and K)
-                       + (2 * b * dq * nn + nsq)  # MatMul Qᵀ·K → N×N energies
-                       + 2 * nsq  # Softmax
-                       + 2 * nsq  # Transpose of the attention
-                       + (b * c * nn + nsq + b * c * nn)  # MatMul V·Aᵀ
-                       + 2 * b * c * nn + 3 * b * c * nn)  # Mul gamma, Add x
-        return Count(fused, unfused, flops, l2)
-    if inst.op == "ChannelAttention":
-        fused = s * 2 * b * c * nn
-        flops = 4.0 * b * c * c * nn + 5.0 * b * c * c
-        csq = b * c * c
-        unfused = s * (2 * b * c * nn  # transpose copy of X
-                       + (2 * b * c * nn + csq)  # MatMul X·Xᵀ
-                       + (csq + b * c) + (csq + b * c + csq)  # ReduceMax, Sub
-                       + 2 * csq  # Softmax
-                       + (csq + b * c * nn + b * c * nn)  # MatMul A·X
-                       + 2 * b * c * nn + 3 * b * c * nn)  # Mul gamma, Add x
-        return Count(fused, unfused, flops)
-    raise ValueError(f"unknown op {inst.op!r}")
-
-
-def predict_us(c: Count, device: str) -> tuple[float, float]:
-    """(fused, unfused) predicted microseconds on ``device`` — a prediction, see the module docstring."""
-    bw, peak, _ = DEVICES[device]
-    bw_b = bw * 1e9 * BANDWIDTH_EFFICIENCY
-    fused = max(c.fused_bytes / bw_b, c.flops / (peak * 1e12))
-    return fused * 1e6, c.unfused_bytes / bw_b * 1e6
+    def label(self) -> str:
+        d = self.shape
+        if self.op == "MultiScaleSubtraction":
+            return f"C{d['C']} {d['h']}x{d['w']}->{d['H']}x{d['W']}" + (" k3,5" if d["scales"] else "")
+        n = f"N{d['H'] * d['W']}({d['H']}x{d['W']})"
+        return f"C{d['C']} D{d['D']} {n}" if self.op == "PositionAttention" else f"C{d['C']} {n}"
 
 
 def instances(model_name: str) -> list[Instance]:
-    """Every fused-op instance of a registered model at its native input size, from one real forward pass."""
+    """Every fused-op instance of a registered model at its native input size (``training.get_spec(name).input_hw``),
+    from one forward pass with hooks, run on the ``meta`` device (real shapes, no data). Imports torch (only here)."""
     import torch
 
     import training
     from training.models.msga import ChannelAttention, PositionAttention
     from training.models.msnet import MSNet
 
-    model = training.create_model(model_name).eval()
-    h, w = model.spec.input_hw
+    with torch.device("meta"):  # shapes only: no weight initialisation, no arithmetic
+        model = training.create_model(model_name).eval()
+    h, w = training.get_spec(model_name).input_hw
     found: list[Instance] = []
     hooks = []
     if isinstance(model, MSNet):
         scales = 2 if model.multiscale else 0
-        orig = model._su
+        su = model._su  # the subtraction unit: name, A (before its resize), B
 
-        def su(name, a, b):
+        def su_hook(name, a, b):
             found.append(Instance("MultiScaleSubtraction", model_name, name, {
                 "N": a.shape[0], "C": a.shape[1], "h": a.shape[2], "w": a.shape[3], "H": b.shape[2],
                 "W": b.shape[3], "scales": scales}))
-            return orig(name, a, b)
+            return su(name, a, b)
 
-        model._su = su
+        model._su = su_hook
     for qual, mod in model.named_modules():
         if isinstance(mod, (PositionAttention, ChannelAttention)):
             def hook(m, args, out, qual=qual):
                 x = args[0]
-                shape = {"B": x.shape[0], "C": x.shape[1], "N": x.shape[2] * x.shape[3]}
+                shape = {"B": x.shape[0], "C": x.shape[1], "H": x.shape[2], "W": x.shape[3]}
                 if isinstance(m, PositionAttention):
                     shape["D"] = m.query_conv.out_channels
                 found.append(Instance(type(m).__name__, model_name, qual, shape))
             hooks.append(mod.register_forward_hook(hook))
-    with torch.inference_mode():
-        model(torch.zeros(1, model.spec.in_channels, h, w))
-    for hk in hooks:
-        hk.remove()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, model.spec.in_channels, h, w, device="meta"))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    if not found:
+        raise ValueError(f"{model_name} runs none of {', '.join(OPS)}; plugin models: {', '.join(DEFAULT_MODELS)}")
     return found
 
 
-def table(models: Sequence[str], dtypes: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
+# ============================================================================ fused kernels
+@dataclass
+class Fused:
+    bytes: int  # ideal DRAM traffic
+    flops: float
+    l2_bytes: int  # traffic between the SMs and L2 where the kernel relies on L2 reuse (0: not modelled)
+    threads: int  # threads launched
+
+
+def _staged(n: int) -> int:
+    """Σ over the tiles along one axis of the in-image part of tile + halo (MultiScaleSubtraction staging)."""
+    return sum(min(t + MSS_TILE + MSS_HALO, n) - max(t - MSS_HALO, 0) for t in range(0, n, MSS_TILE))
+
+
+def fused(inst: Instance, s: int) -> Fused:
+    d = inst.shape
+    if inst.op == "MultiScaleSubtraction":
+        n, c, h, w, H, W = d["N"], d["C"], d["h"], d["w"], d["H"], d["W"]
+        x = n * c * H * W
+        threads = n * math.ceil(H / MSS_TILE) * math.ceil(W / MSS_TILE) * MSS_TILE * MSS_TILE
+        nbytes = s * (n * c * h * w + 2 * x)
+        flops = 11.0 * x
+        if d["scales"]:
+            nbytes += 4 * 4 * c  # g3, h3, g5, h5 (float32)
+            flops += 18.0 * x + 11.0 * c * n * _staged(H) * _staged(W) + 68.0 * threads
+        return Fused(nbytes, flops, 0, threads)
+    if inst.op == "PositionAttention":
+        b, c, dq, nn = d["B"], d["C"], d["D"], d["H"] * d["W"]
+        passes, blocks = math.ceil(c / PAM_KCH), math.ceil(nn / PAM_KQ)
+        nbytes = s * b * (2 * dq * nn + 3 * c * nn)
+        flops = b * (nn * nn * (passes * (2.0 * dq + 7) + 3.0 * c) + 3.0 * c * nn + nn * passes)
+        l2 = s * b * (blocks * (passes * dq * nn + c * nn) + dq * nn + 2 * c * nn)
+        return Fused(nbytes, flops, l2, b * blocks * PAM_KQ)
+    if inst.op == "ChannelAttention":
+        b, c, nn = d["B"], d["C"], d["H"] * d["W"]
+        flops = b * (4.0 * c * c * nn + 4.0 * c * c + 3.0 * c * nn + 2 * (CAM_THREADS - 1) * c)
+        return Fused(s * b * 2 * c * nn, flops, s * b * c * (2 * c * nn + 2 * nn), b * c * CAM_THREADS)
+    raise ValueError(f"unknown op {inst.op!r}")
+
+
+# ============================================================================ unfused ONNX subgraphs
+@dataclass(frozen=True)
+class Node:
+    """One ONNX node of an unfused subgraph: activation inputs (tensor names), output, FLOPs, parameter bytes."""
+
+    op_type: str
+    inputs: tuple[str, ...]
+    output: str
+    flops: float = 0.0
+    param_bytes: int = 0  # initializers read (BatchNormalization: 4·C float32)
+
+
+@dataclass
+class Subgraph:
+    inputs: dict[str, int]  # block input → elements
+    nodes: list[Node]
+    elems: dict[str, int]  # every tensor → elements
+
+    def add(self, op_type: str, inputs: Sequence[str], out: str, out_elems: int, flops: float = 0.0,
+            param_bytes: int = 0) -> str:
+        self.elems[out] = out_elems
+        self.nodes.append(Node(op_type, tuple(inputs), out, flops, param_bytes))
+        return out
+
+
+def unfused_nodes(inst: Instance) -> Subgraph:
+    """The ONNX nodes the plugin node replaces (float32 graph, before FP16 casts)."""
+    d = inst.shape
+    if inst.op == "MultiScaleSubtraction":
+        n, c, h, w, H, W = d["N"], d["C"], d["h"], d["w"], d["H"], d["W"]
+        x, px = n * c * H * W, n * H * W
+        g = Subgraph({"A": n * c * h * w, "B": x}, [], {"A": n * c * h * w, "B": x})
+        u = g.add("Resize", ["A"], "U", x, 9.0 * x) if (h, w) != (H, W) else "A"  # identity resize: not exported
+        out = g.add("Abs", [g.add("Sub", [u, "B"], "S", x, x)], "D0", x, x)
+        if d["scales"]:
+            sums = {side: g.add("ReduceSum", [t], f"sum{side}", px, float(x)) for side, t in (("a", u), ("b", "B"))}
+            for k in (3, 5):
+                r = {}
+                for side in "ab":
+                    p = g.add("AveragePool", [sums[side]], f"pool{k}{side}", px, (k * k + 1.0) * px)
+                    m = g.add("Mul", [p], f"mul{k}{side}", px, float(px))
+                    e = g.add("Expand", [m], f"exp{k}{side}", x)
+                    bn = g.add("BatchNormalization", [e], f"bn{k}{side}", x, 2.0 * x, 4 * 4 * c)
+                    r[side] = g.add("Relu", [bn], f"relu{k}{side}", x, float(x))
+                t = g.add("Abs", [g.add("Sub", [r["a"], r["b"]], f"sub{k}", x, x)], f"abs{k}", x, x)
+                out = g.add("Add", [out, t], f"add{k}", x, x)
+        return g
+    if inst.op == "PositionAttention":
+        b, c, dq, nn = d["B"], d["C"], d["D"], d["H"] * d["W"]
+        qk, cv, nsq = b * dq * nn, b * c * nn, b * nn * nn
+        g = Subgraph({"Q": qk, "K": qk, "V": cv, "X": cv}, [], {"Q": qk, "K": qk, "V": cv, "X": cv})
+        qt = g.add("Transpose", [g.add("Reshape", ["Q"], "Qr", qk)], "Qt", qk)
+        e = g.add("MatMul", [qt, g.add("Reshape", ["K"], "Kr", qk)], "E", nsq, 2.0 * nsq * dq)
+        at = g.add("Transpose", [g.add("Softmax", [e], "A", nsq, 5.0 * nsq)], "At", nsq)
+        o = g.add("MatMul", [g.add("Reshape", ["V"], "Vr", cv), at], "O", cv, 2.0 * nsq * c)
+        y = g.add("Mul", [g.add("Reshape", [o], "Or", cv)], "G", cv, cv)
+        g.add("Add", [y, "X"], "Y", cv, cv)
+        return g
+    if inst.op == "ChannelAttention":
+        b, c, nn = d["B"], d["C"], d["H"] * d["W"]
+        cv, csq = b * c * nn, b * c * c
+        g = Subgraph({"X": cv}, [], {"X": cv})
+        xr = g.add("Reshape", ["X"], "Xr", cv)
+        e = g.add("MatMul", [xr, g.add("Transpose", [xr], "Xt", cv)], "E", csq, 2.0 * csq * nn)
+        m = g.add("ReduceMax", [e], "M", b * c, float(csq))
+        a = g.add("Softmax", [g.add("Sub", [m, e], "S", csq, csq)], "A", csq, 5.0 * csq)
+        o = g.add("MatMul", [a, xr], "O", cv, 2.0 * csq * nn)
+        y = g.add("Mul", [g.add("Reshape", [o], "Or", cv)], "G", cv, cv)
+        g.add("Add", [y, "X"], "Y", cv, cv)
+        return g
+    raise ValueError(f"unknown op {inst.op!r}")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One unfused node as it runs: bytes moved, FLOPs, and which peak applies (``fp32``, ``fp16``, ``tf32_tc``,
+    ``fp16_tc``)."""
+
+    op_type: str
+    bytes: int
+    flops: float
+    unit: str
+
+
+def unfused_kernels(inst: Instance, s: int) -> list[Kernel]:
+    """The unfused nodes with their DRAM bytes at element size ``s``; float16 adds the FP16 graph's Casts around the
+    float32-only nodes (``FP32_OP_TYPES``)."""
+    g = unfused_nodes(inst)
+    f32 = {nd.output for nd in g.nodes if s == 2 and nd.op_type in FP32_OP_TYPES}
+    out: list[Kernel] = []
+    cast_in: set[str] = set()
+    consumers: dict[str, list[Node]] = {}
+    for nd in g.nodes:
+        for t in nd.inputs:
+            consumers.setdefault(t, []).append(nd)
+    final = g.nodes[-1].output
+    for nd in g.nodes:
+        es = 4 if nd.output in f32 else s
+        if nd.op_type == "Reshape":
+            out.append(Kernel("Reshape", 0, 0.0, "fp32"))
+            continue
+        if nd.output in f32:
+            for t in nd.inputs:  # a float16 tensor entering a float32 node: Cast to float32 (one per tensor)
+                if t not in f32 and t not in cast_in:
+                    cast_in.add(t)
+                    out.append(Kernel("Cast", 6 * g.elems[t], 0.0, "fp32"))
+        moved = es * (sum(g.elems[t] for t in nd.inputs) + g.elems[nd.output]) + nd.param_bytes
+        if nd.op_type == "MatMul":
+            unit = "tf32_tc" if s == 4 else "fp16_tc"
+        else:
+            unit = "fp32" if es == 4 else "fp16"
+        out.append(Kernel(nd.op_type, moved, nd.flops, unit))
+        if nd.output in f32 and (nd.output == final or any(c.output not in f32 for c in consumers.get(nd.output, []))):
+            out.append(Kernel("Cast", 6 * g.elems[nd.output], 0.0, "fp32"))  # back to float16
+    return out
+
+
+# ============================================================================ counts and prediction
+@dataclass
+class Count:
+    fused_bytes: int
+    fused_flops: float
+    l2_bytes: int
+    threads: int
+    unfused_bytes: int
+    unfused_flops: float
+    unfused_kernels: int  # nodes that move data (Reshape views excluded, Casts included)
+    kernels: list[Kernel] = field(repr=False, default_factory=list)
+
+
+def count(inst: Instance, s: int) -> Count:
+    """Bytes (element size ``s``) and FLOPs of one instance, fused and unfused."""
+    f = fused(inst, s)
+    ks = unfused_kernels(inst, s)
+    return Count(f.bytes, f.flops, f.l2_bytes, f.threads, sum(k.bytes for k in ks), sum(k.flops for k in ks),
+                 sum(k.bytes > 0 for k in ks), ks)
+
+
+def predict(c: Count, device: str) -> dict[str, float]:
+    """Predicted microseconds on ``device`` (a PREDICTION, see the module docstring): ``fused_us``,
+    ``fused_us_lane_capped``, ``unfused_us``, ``unfused_memory_bound`` (1.0 if every unfused node is memory-bound)."""
+    dev = DEVICES[device]
+    bw = dev.dram_gbps * 1e9 * BANDWIDTH_EFFICIENCY
+    fp32 = dev.fp32_tflops * 1e12
+    lanes = min(1.0, c.threads / dev.cuda_cores)
+    peak = {"fp32": dev.fp32_tflops, "fp16": dev.fp16_tflops, "tf32_tc": dev.tf32_tc_tflops,
+            "fp16_tc": dev.fp16_tc_tflops}
+    unfused, bound = 0.0, True
+    for k in c.kernels:
+        t_mem, t_math = k.bytes / bw, k.flops / (peak[k.unit] * 1e12)
+        unfused += max(t_mem, t_math)
+        bound &= t_mem >= t_math
+    return {"fused_us": 1e6 * max(c.fused_bytes / bw, c.fused_flops / fp32),
+            "fused_us_lane_capped": 1e6 * max(c.fused_bytes / bw, c.fused_flops / (fp32 * lanes)),
+            "unfused_us": 1e6 * unfused, "unfused_memory_bound": float(bound)}
+
+
+def rows(models: Sequence[str], dtypes: Sequence[str] = tuple(DTYPES)) -> list[dict[str, Any]]:
+    """One row per (instance, dtype) with counts and predictions."""
+    out = []
     for name in models:
         for inst in instances(name):
             for dt in dtypes:
-                c = count(inst, 2 if dt == "float16" else 4)
-                row = {**asdict(inst), "dtype": dt, **asdict(c)}
+                c = count(inst, DTYPES[dt])
+                row: dict[str, Any] = {"model": inst.model, "op": inst.op, "block": inst.block,
+                                       "shape": dict(inst.shape), "label": inst.label(), "dtype": dt}
+                row.update({k: v for k, v in asdict(c).items() if k != "kernels"})
+                row["unfused_nodes"] = [k.op_type for k in c.kernels]
                 for dev in DEVICES:
-                    f, u = predict_us(c, dev)
-                    row[f"{dev} fused_us"], row[f"{dev} unfused_us"] = f, u
-                rows.append(row)
-    return rows
+                    row[dev] = predict(c, dev)
+                out.append(row)
+    return out
+
+
+_SUMMED = ("fused_bytes", "unfused_bytes", "fused_flops", "unfused_flops", "l2_bytes")
+
+
+def _sum(rs: list[dict[str, Any]], **key: Any) -> dict[str, Any]:
+    t: dict[str, Any] = dict(key, n=len(rs))
+    for k in _SUMMED:
+        t[k] = sum(r[k] for r in rs)
+    for dev in DEVICES:
+        t[dev] = {k: sum(r[dev][k] for r in rs) for k in ("fused_us", "fused_us_lane_capped", "unfused_us")}
+    return t
+
+
+def totals(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sums per (model, op, dtype) and, for models with several ops, per (model, "all", dtype)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rs:
+        groups.setdefault((r["model"], r["op"], r["dtype"]), []).append(r)
+    out = [_sum(v, model=m, op=op, dtype=dt) for (m, op, dt), v in groups.items()]
+    for m in dict.fromkeys(r["model"] for r in rs):
+        if len({r["op"] for r in rs if r["model"] == m}) > 1:
+            for dt in dict.fromkeys(r["dtype"] for r in rs):
+                out.append(_sum([r for r in rs if r["model"] == m and r["dtype"] == dt], model=m, op="all", dtype=dt))
+    return out
+
+
+# ============================================================================ table
+_SHORT = {"MultiScaleSubtraction": "MSS", "PositionAttention": "PAM", "ChannelAttention": "CAM", "all": "all"}
+_HEAD = (f"{'model':<13}{'op':<4}{'n':>3}  {'instance shape':<24}{'dtype':<8}{'MB fused':>9}{'MB unfused':>11}"
+         f"{'x':>6}{'GFLOP':>8}{'L2 MB':>8}{'Orin us fused/unfused':>23}{'H100 us fused/unfused':>23}")
+
+
+def _line(model: str, op: str, n: int, label: str, r: dict[str, Any]) -> str:
+    l2 = f"{r['l2_bytes'] / 1e6:8.1f}" if r["l2_bytes"] else f"{'-':>8}"
+    cells = "".join(f"{r[d]['fused_us']:>12.1f} /{r[d]['unfused_us']:>9.1f}" for d in DEVICES)
+    return (f"{model:<13}{_SHORT[op]:<4}{n:>3}  {label:<24}{r['dtype'].replace('float', 'fp'):<8}"
+            f"{r['fused_bytes'] / 1e6:>9.2f}{r['unfused_bytes'] / 1e6:>11.2f}"
+            f"{r['unfused_bytes'] / r['fused_bytes']:>6.1f}{r['fused_flops'] / 1e9:>8.3f}{l2}{cells}")
+
+
+def format_table(rs: list[dict[str, Any]], only_totals: bool = False) -> str:
+    lines = [f"{PREDICTION}.", "fused = max(bytes/(0.7 BW), FLOPs/CUDA-core FP32 peak); unfused = sum over ONNX nodes "
+             "of max(bytes/(0.7 BW), FLOPs/peak); GFLOP = fused kernel; L2 MB = fused kernel's L2 traffic.",
+             *(f"{d.name}: {d.dram_gbps:g} GB/s, FP32 {d.fp32_tflops:.1f} TFLOP/s" for d in DEVICES.values()), "",
+             _HEAD]
+    tots = totals(rs)
+    for model in dict.fromkeys(r["model"] for r in rs):
+        for dt in dict.fromkeys(r["dtype"] for r in rs):
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for r in rs:
+                if r["model"] == model and r["dtype"] == dt:
+                    groups.setdefault((r["op"], r["label"]), []).append(r)
+            if not only_totals:  # identical instances on one line
+                for (op, label), g in groups.items():
+                    lines.append(_line(model, op, len(g), label, _sum(g, dtype=dt)))
+            for t in tots:  # (an op total equal to its only shape line is left out)
+                if t["model"] == model and t["dtype"] == dt and (
+                        only_totals or t["op"] == "all" or sum(op == t["op"] for op, _ in groups) > 1):
+                    lines.append(_line(model, t["op"], t["n"], "TOTAL", t))
+            if not only_totals:
+                lines.append("")
+    capped = [(t, d) for t in tots for d in DEVICES if t[d]["fused_us_lane_capped"] > 1.05 * t[d]["fused_us"]]
+    if capped:
+        lines.append("Launches with fewer threads than CUDA cores: fused total at FP32 peak × threads / cores (one FMA "
+                     "per thread and cycle at best; --json fused_us_lane_capped):")
+        for t, d in capped:
+            lines.append(f"  {t['model']} {_SHORT[t['op']]} {t['dtype']} on {DEVICES[d].name}: "
+                         f"{t[d]['fused_us']:.1f} -> {t[d]['fused_us_lane_capped']:.1f} us")
+    compute = sorted({(r["model"], _SHORT[r["op"]], d) for r in rs for d in DEVICES
+                      if not r[d]["unfused_memory_bound"]})
+    lines.append("Unfused nodes: all memory-bound at these peaks." if not compute else
+                 "Unfused instances with a compute-bound node: " + ", ".join(f"{m} {o} ({d})" for m, o, d in compute))
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.roofline", description=__doc__.split("\n")[0])
-    p.add_argument("--model", nargs="+", default=["msnet", "m2snet", "msnet_effl0", "msga"])
-    p.add_argument("--dtype", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
-    p.add_argument("--per-instance", action="store_true", help="one line per op instance (default: per model)")
-    p.add_argument("--json")
+    p = argparse.ArgumentParser(prog="python -m kernels.roofline",
+                                description="Fused vs unfused bytes/FLOPs and PREDICTED Orin/H100 times")
+    p.add_argument("--model", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--totals", action="store_true", help="only the per-model totals")
+    p.add_argument("--json", help="write instances, totals and assumptions to this file")
     args = p.parse_args(argv)
-    rows = table(args.model, args.dtype)
-    devs = list(DEVICES)
-    print("PREDICTION (no GPU measurement): fused = max(bytes/(0.7·BW), FLOPs/FP32 peak); unfused = bytes/(0.7·BW)")
-    print(f"{'model':<13}{'op':<22}{'n':>3}{'dtype':>8}{'MB fused':>10}{'MB unfused':>11}{'ratio':>7}{'GFLOP':>8}"
-          + "".join(f"{d.split()[0] + ' µs f/u':>22}" for d in devs))
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        key = (r["model"], r["op"], r["dtype"]) + ((r["block"],) if args.per_instance else ())
-        groups.setdefault(key, []).append(r)
-    for key, rs in groups.items():
-        fb = sum(r["fused_bytes"] for r in rs) / 1e6
-        ub = sum(r["unfused_bytes"] for r in rs) / 1e6
-        gf = sum(r["flops"] for r in rs) / 1e9
-        cells = "".join(f"{sum(r[d + ' fused_us'] for r in rs):>10.1f} / {sum(r[d + ' unfused_us'] for r in rs):<9.1f}"
-                        for d in devs)
-        label = key[1] + (f" {key[3]}" if args.per_instance else "")
-        print(f"{key[0]:<13}{label:<22}{len(rs):>3}{key[2]:>8}{fb:>10.2f}{ub:>11.2f}{ub / fb:>7.1f}{gf:>8.2f}{cells}")
+    try:
+        rs = rows(args.model, args.dtype)
+    except (KeyError, ValueError) as e:  # unknown model, or one without fused ops
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rs, args.totals))
     if args.json:  # atomically: a temporary file renamed over the target
+        doc = {"prediction": PREDICTION,
+               "assumptions": {"bandwidth_efficiency": BANDWIDTH_EFFICIENCY,
+                               "devices": {k: asdict(v) for k, v in DEVICES.items()},
+                               "fp16_graph_float32_ops": list(FP32_OP_TYPES),
+                               "counting_rules": __doc__},
+               "instances": rs, "totals": totals(rs)}
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(doc, f, indent=1)
         os.replace(tmp, args.json)
     return 0
 
