@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from runtime.backends import create_backend, default_backend
+from runtime.backends import default_backend, open_backend, parse_streams
 from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path, write_json_atomic
 from runtime.pipeline import Pipeline, VideoSink, create_processor
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="access token for --serve (required off loopback; generated when absent)")
     p.add_argument("--report", help="write the JSON statistics here")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--streams", default=1, type=parse_streams, metavar="auto|N",
+                   help="frames in inference at once on the CPU backends (default 1: lowest latency; N > 1 trades "
+                        "per-frame latency for throughput; auto: 2 when one inference exceeds a 25 FPS frame period)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames")
     p.add_argument("--loop", action="store_true", help="loop a file or folder (benchmarks)")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="use the OpenCV/NumPy reference pre/post")
@@ -140,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ops = ", ".join(e["name"] if isinstance(e, dict) else str(e) for e in manifest.plugins)
             raise RuntimeInputError(f"{model_path.name} is a TensorRT deploy graph with plugin nodes ({ops}); the "
                                     f"{backend_name} backend runs the reference graph: export it without --plugins")
-        backend = create_backend(backend_name, model_path, threads=args.threads).open()
+        backend = open_backend(backend_name, model_path, threads=args.threads, streams=args.streams,
+                               log=lambda m: None if args.quiet else print(m, file=sys.stderr, flush=True))
         processor = create_processor(backend, manifest, fast=args.fast, threads=1)
         processor.warmup()
         sinks = []
@@ -167,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *a: pipe.stop())
     if not args.quiet:
         print(f"running {manifest.model} ({manifest.precision}{'/' + manifest.quant_flavour if manifest.quant_flavour else ''}"
-              f", {manifest.input_hw[0]}x{manifest.input_hw[1]}) on {backend.name} — source {source.name}"
+              f", {manifest.input_hw[0]}x{manifest.input_hw[1]}) on {backend.name}"
+              f"{f' ({backend.streams} streams)' if backend.streams > 1 else ''} — source {source.name}"
               f"{' (live)' if source.live else ''}", flush=True)
     report = pipe.run()
     backend.close()
@@ -177,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.outputs["serve"] = server.url
         server.close()
     report.model = {"name": manifest.model, "precision": manifest.precision, "flavour": manifest.quant_flavour,
-                    "file": str(model_path), "backend": backend.name, "fast_path": processor.fast}
+                    "file": str(model_path), "backend": backend.name, "streams": backend.streams,
+                    "fast_path": processor.fast}
     if args.report:
         write_json_atomic(args.report, report.__dict__)
         report.outputs["report"] = args.report

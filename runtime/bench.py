@@ -11,7 +11,9 @@ Rows: ``naive`` (the per-frame loop a seed repository runs: OpenCV → PyTorch e
 fastest on ONNX Runtime), ``openvino-fp32``, ``openvino-int8`` (symmetric Q/DQ, the TensorRT-style graph),
 ``trt-fp16``/``trt-int8`` on GPU machines. Columns: network latency p50/p99 (ms), pipeline FPS and end-to-end p50/p99
 (capture → overlay, no display, no video writing), mDice against the ground truth (when a ``masks/`` folder sits
-beside the frames) and mask Dice against PyTorch.
+beside the frames) and mask Dice against PyTorch. ``--streams`` (default 1, or ``auto`` as in ``demos.live``)
+sets the inference streams of the ONNX Runtime/OpenVINO rows, ``ROW@N`` (``openvino-int8@2``) those of one row;
+the ``str`` column says what each row ran with (network latency is then one request on its share of the threads).
 
 The PyTorch rows import torch (through ``export``); the runtime itself never does.
 """
@@ -26,7 +28,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .backends import create_backend
+from .backends import open_backend, parse_streams
 from .errors import BackendUnavailableError, RuntimeInputError
 from .manifest import Manifest, manifest_path, write_json_atomic
 from .pipeline import Pipeline, create_processor
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         seq = [f for s in sources for f in frames[s]] * 2
         nl = naive_loop(model, seq, hw, spec.mean, spec.std, args.threads)
         lat = nl["latency_ms"]
-        rows.append({"backend": "naive", "precision": "fp32", "size_mb": None,
+        rows.append({"backend": "naive", "precision": "fp32", "streams": 1, "size_mb": None,
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)), "fps": nl["fps"],
                      "e2e_p50_ms": float(np.median(lat)), "e2e_p99_ms": float(np.percentile(lat, 99)),
                      **accuracy(torch_be, _torch_manifest(args.model, spec))})
@@ -150,9 +152,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             be, man = torch_be, _torch_manifest(args.model, spec)
             size = None
         else:
-            if name not in ROWS:
-                raise RuntimeInputError(f"unknown backend row {name!r}; valid: naive, torch, {', '.join(ROWS)}")
-            kind, prec, flav = ROWS[name]
+            row_name, _, row_streams = name.partition("@")
+            if row_name not in ROWS:
+                raise RuntimeInputError(f"unknown backend row {name!r}; valid: naive, torch, {', '.join(ROWS)} "
+                                        f"(optionally with @STREAMS, e.g. openvino-int8@2)")
+            kind, prec, flav = ROWS[row_name]
+            streams = parse_streams(row_streams) if row_streams else args.streams
             path = work / f"{args.model}-{prec}{'-' + flav if flav else ''}.onnx"
             if not path.is_file():
                 print(f"exporting {path.name} …", file=sys.stderr, flush=True)
@@ -161,12 +166,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                             progress=False, log=lambda *a: None)
             man = Manifest.load(manifest_path(path))
             try:
-                be = create_backend(kind, path, threads=args.threads).open()
+                be = open_backend(kind, path, threads=args.threads, streams=streams,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
             except BackendUnavailableError as e:
                 print(f"{name}: skipped ({e})", file=sys.stderr)
                 continue
             size = path.stat().st_size / 2**20
-        row = {"backend": name, "precision": man.precision, "size_mb": size, **net_latency(be, man),
+        row = {"backend": name, "precision": man.precision, "streams": getattr(be, "streams", 1),
+               "size_mb": size, **net_latency(be, man),
                **pipeline_fps(be, man), **accuracy(be, man)}
         rows.append(row)
         print(_fmt(row), flush=True)
@@ -181,14 +188,14 @@ def _torch_manifest(model: str, spec) -> Manifest:
                     threshold=spec.threshold)
 
 
-HEADER = (f"{'backend':<15}{'prec':<6}{'MB':>6}{'net p50':>9}{'net p99':>9}{'FPS':>8}{'e2e p50':>9}{'e2e p99':>9}"
-          f"{'mDice/gt':>10}{'Dice/pt':>9}")
+HEADER = (f"{'backend':<18}{'prec':<6}{'str':>4}{'MB':>6}{'net p50':>9}{'net p99':>9}{'FPS':>8}{'e2e p50':>9}"
+          f"{'e2e p99':>9}{'mDice/gt':>10}{'Dice/pt':>9}")
 
 
 def _fmt(r: dict[str, Any]) -> str:
     f = lambda v, w, d: (f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}")  # noqa: E731
-    return (f"{r['backend']:<15}{r['precision']:<6}{f(r['size_mb'], 6, 1)}{f(r['p50_ms'], 9, 1)}{f(r['p99_ms'], 9, 1)}"
-            f"{f(r['fps'], 8, 1)}{f(r['e2e_p50_ms'], 9, 1)}{f(r['e2e_p99_ms'], 9, 1)}{f(r['dice_vs_gt'], 10, 4)}"
+    return (f"{r['backend']:<18}{r['precision']:<6}{r.get('streams', 1):>4}{f(r['size_mb'], 6, 1)}"
+            f"{f(r['p50_ms'], 9, 1)}{f(r['p99_ms'], 9, 1)}{f(r['fps'], 8, 1)}{f(r['e2e_p50_ms'], 9, 1)}{f(r['e2e_p99_ms'], 9, 1)}{f(r['dice_vs_gt'], 10, 4)}"
             f"{f(r['dice_vs_torch'], 9, 4)}")
 
 
@@ -224,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", nargs="+", required=True, help="frame folders or video files")
     p.add_argument("--backends", default="naive,torch,ort-fp32,ort-int8,openvino-int8")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--streams", default=1, type=parse_streams, metavar="auto|N",
+                   help="inference streams of the ONNX Runtime/OpenVINO rows (default 1; auto as demos.live)")
     p.add_argument("--rounds", type=int, default=30, help="network-latency repetitions")
     p.add_argument("--pipeline-frames", type=int, default=0, help="frames per source in the FPS run (default 4× clip)")
     p.add_argument("--accuracy-frames", type=int, default=0, help="frames per source scored (default all)")

@@ -58,23 +58,35 @@ class FrameProcessor:
         self.threads = threads
         self.fill, self.alpha, self.outline = fill, alpha, outline
         dtype = np.float16 if backend.input_spec().dtype == "float16" else np.float32
-        self._x = np.empty((1, manifest.in_channels, *manifest.input_hw), dtype)
+        # one run function and one input buffer per inference stream (lane): lanes run concurrently
+        lanes = getattr(backend, "lanes", None)  # duck-typed backends without lanes run one stream
+        self._runs = lanes() if lanes else [lambda x: backend.infer(x, check=False)]
+        self._xs = [np.empty((1, manifest.in_channels, *manifest.input_hw), dtype) for _ in self._runs]
+        self._x = self._xs[0]
+
+    @property
+    def n_lanes(self) -> int:
+        """Frames that may be in inference at once (the backend's streams)."""
+        return len(self._runs)
 
     def warmup(self, n: int = 2) -> None:
         """Run the network on a blank input (first inferences allocate and compile; keep them out of the stats)."""
         for _ in range(n):
-            self.backend.infer(np.zeros_like(self._x), check=False)
+            for run in self._runs:
+                run(np.zeros_like(self._x))
 
-    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+    def preprocess(self, frame: np.ndarray, lane: int = 0) -> np.ndarray:
+        """The network input for ``frame``, written into ``lane``'s buffer (valid until that lane's next call)."""
+        x = self._xs[lane]
         if self.fast:
-            return _ops.preprocess(frame, self.m.input_hw, self.m.mean, self.m.std, self._x.dtype, out=self._x,
+            return _ops.preprocess(frame, self.m.input_hw, self.m.mean, self.m.std, x.dtype, out=x,
                                    threads=self.threads)
         from .preprocess import preprocess_reference
 
-        return preprocess_reference(frame, self.m.input_hw, self.m.mean, self.m.std, self._x.dtype)
+        return preprocess_reference(frame, self.m.input_hw, self.m.mean, self.m.std, x.dtype)
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.backend.infer(x, check=False)
+    def infer(self, x: np.ndarray, lane: int = 0) -> np.ndarray:
+        return self._runs[lane](x)
 
     def render(self, frame: np.ndarray, logits: np.ndarray) -> int:
         """Annotate ``frame`` in place; returns the foreground pixel count."""
@@ -186,10 +198,14 @@ class Pipeline:
                     continue
             return False
 
-        # ordered sources read the next frame only once the inference stage has finished the previous one, so that
-        # the capture timestamp is the moment the frame could enter the pipeline (as a camera frame would), not a
-        # read-ahead that sits in a queue: end-to-end latency then measures the pipeline, not a backlog
-        slots = threading.Semaphore(self.queue_size)
+        # ordered sources read the next frame only once an inference stream is free, so that the capture timestamp
+        # is the moment the frame could enter the pipeline (as a camera frame would), not a read-ahead that sits in
+        # a queue: end-to-end latency then measures the pipeline, not a backlog
+        n_workers = max(1, int(getattr(self.proc, "n_lanes", 1)))
+        slots = threading.Semaphore(max(self.queue_size, n_workers))
+        workers_left = [n_workers]
+        workers_lock = threading.Lock()
+        late = [0]
 
         def capture() -> None:
             try:
@@ -222,7 +238,8 @@ class Pipeline:
                 else:
                     put(cap_q, _END)
 
-        def infer() -> None:
+        def infer(lane: int) -> None:
+            lane_args = (lane,) if n_workers > 1 else ()
             try:
                 while not self.stop_event.is_set():
                     if live:
@@ -237,12 +254,13 @@ class Pipeline:
                         except queue.Empty:
                             continue
                         if item is _END:
+                            put(cap_q, _END)  # for the other streams
                             break
                     idx, frame, t_cap = item
                     t0 = time.perf_counter()
-                    x = self.proc.preprocess(frame)
+                    x = self.proc.preprocess(frame, *lane_args)
                     t1 = time.perf_counter()
-                    logits = self.proc.infer(x)
+                    logits = self.proc.infer(x, *lane_args)
                     t2 = time.perf_counter()
                     if not live:
                         slots.release()
@@ -254,13 +272,35 @@ class Pipeline:
                 errors.append(f"inference failed: {type(e).__name__}: {e}")
                 self.stop_event.set()
             finally:
-                put(out_q, _END)
+                with workers_lock:
+                    workers_left[0] -= 1
+                    last = workers_left[0] == 0
+                if last:
+                    put(out_q, _END)
 
-        threads = [threading.Thread(target=capture, name="capture", daemon=True),
-                   threading.Thread(target=infer, name="infer", daemon=True)]
+        def render(item) -> None:
+            idx, frame, logits, t_cap = item
+            t0 = time.perf_counter()
+            fg = self.proc.render(frame, logits)
+            t1 = time.perf_counter()
+            self.stats["render"].append((t1 - t0) * 1e3)
+            self.stats["end_to_end"].append((t1 - t_cap) * 1e3)
+            self.frames_done += 1
+            info = {"frame": idx, "polyp_px": fg, "polyp_fraction": fg / (frame.shape[0] * frame.shape[1]),
+                    "latency_ms": (t1 - t_cap) * 1e3, "fps": self.frames_done / max(1e-9, t1 - t_start),
+                    "dropped": (cap_q.dropped + late[0]) if live else 0}
+            self.last_info = info
+            for sink in self.sinks:
+                sink(frame, info)
+            self.stats["sinks"].append((time.perf_counter() - t1) * 1e3)
+
+        threads = [threading.Thread(target=capture, name="capture", daemon=True)] + [
+            threading.Thread(target=infer, args=(i,), name=f"infer{i}", daemon=True) for i in range(n_workers)]
         t_start = time.perf_counter()
         for t in threads:
             t.start()
+        pending: dict[int, Any] = {}
+        next_idx, last_shown = 1, 0
         try:
             while True:
                 try:
@@ -271,20 +311,21 @@ class Pipeline:
                     continue
                 if item is _END:
                     break
-                idx, frame, logits, t_cap = item
-                t0 = time.perf_counter()
-                fg = self.proc.render(frame, logits)
-                t1 = time.perf_counter()
-                self.stats["render"].append((t1 - t0) * 1e3)
-                self.stats["end_to_end"].append((t1 - t_cap) * 1e3)
-                self.frames_done += 1
-                info = {"frame": idx, "polyp_px": fg, "polyp_fraction": fg / (frame.shape[0] * frame.shape[1]),
-                        "latency_ms": (t1 - t_cap) * 1e3, "fps": self.frames_done / max(1e-9, t1 - t_start),
-                        "dropped": cap_q.dropped if live else 0}
-                self.last_info = info
-                for sink in self.sinks:
-                    sink(frame, info)
-                self.stats["sinks"].append((time.perf_counter() - t1) * 1e3)
+                if n_workers == 1:
+                    render(item)
+                elif live:  # streams finish out of order: a frame older than the one shown is dropped
+                    if item[0] < last_shown:
+                        late[0] += 1
+                        continue
+                    last_shown = item[0]
+                    render(item)
+                else:  # ordered sources: restore capture order
+                    pending[item[0]] = item
+                    while next_idx in pending:
+                        render(pending.pop(next_idx))
+                        next_idx += 1
+            for idx in sorted(pending):  # after a failure: whatever finished, in order
+                render(pending.pop(idx))
         except KeyboardInterrupt:
             report.ended_by = "interrupted"
         except Exception as e:  # noqa: BLE001 - a failing sink ends the run cleanly too
@@ -296,7 +337,7 @@ class Pipeline:
             self.source.close()
         report.seconds = time.perf_counter() - t_start
         report.frames = self.frames_done
-        report.dropped = cap_q.dropped if live else 0
+        report.dropped = (cap_q.dropped + late[0]) if live else 0
         report.fps = self.frames_done / report.seconds if report.seconds > 0 else 0.0
         if errors:
             report.ended_by, report.error = "source or stage failure", errors[0]

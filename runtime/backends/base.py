@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class Backend(abc.ABC):
 
     name = "base"
     precision = "fp32"
+    #: concurrent inference streams this backend was opened with (see :meth:`lanes`)
+    streams = 1
 
     def __init__(self) -> None:
         self._active = False
@@ -74,6 +77,14 @@ class Backend(abc.ABC):
             isinstance(d, int) and d != s for d, s in zip(spec.shape, x.shape)
         ):
             raise RuntimeInputError(f"{self.name}: input shape must be {spec.shape}, got {tuple(x.shape)}")
+
+    def lanes(self) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """One ``run(x) → logits`` per inference stream: different lanes may run at the same time from different
+        threads (each owns its request/buffers); one lane must not be called from two threads at once. Backends
+        opened with one stream have one lane, :meth:`infer` itself."""
+        if not self._active:
+            self.open()
+        return [lambda x: self.infer(x, check=False)]
 
     def infer(self, x: np.ndarray, *, check: bool = True) -> np.ndarray:
         """Logits for a normalised NCHW batch."""

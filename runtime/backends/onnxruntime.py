@@ -23,18 +23,22 @@ class OrtBackend(Backend):
         device: ``"cpu"`` or ``"cuda"``. onnxruntime-gpu silently falls back to the CPU when CUDA cannot load, so
             the providers actually in use are checked after the session is created.
         threads: intra-op threads (default: all cores).
+        streams: concurrent ``run`` calls (:meth:`lanes`); the threads are divided among them.
     """
 
     name = "ort"
 
-    def __init__(self, model_path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, model_path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None,
+                 streams: int = 1) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise RuntimeInputError(f"model file {str(self.model_path)!r} does not exist")
         if device not in ("cpu", "cuda"):
             raise RuntimeInputError(f"ort device must be 'cpu' or 'cuda', got {device!r}")
-        self.device, self.threads = device, threads
+        if int(streams) < 1:
+            raise RuntimeInputError(f"ort: streams must be >= 1, got {streams}")
+        self.device, self.threads, self.streams = device, threads, int(streams)
         self.name = f"ort-{device}"
         self._sess = None
 
@@ -43,8 +47,9 @@ class OrtBackend(Backend):
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
+        threads = self.threads or ((os.cpu_count() or 1) if self.streams > 1 else 0)
+        if threads:
+            so.intra_op_num_threads = max(1, threads // self.streams)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
         providers = [_PROVIDERS[self.device]] + (["CPUExecutionProvider"] if self.device != "cpu" else [])
@@ -68,6 +73,12 @@ class OrtBackend(Backend):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run([self._out], {self._in.name: x})[0]
+
+    def lanes(self):
+        if not self._active:
+            self.open()
+        # InferenceSession.run is thread-safe and releases the GIL
+        return [self._run] * self.streams if self.streams > 1 else super().lanes()
 
     def _close(self) -> None:
         self._sess = None

@@ -27,25 +27,6 @@ from runtime.video import Source, open_source
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory):
-    """A small msnet_effl0 export (shipped weights when present) for pipeline tests."""
-    from export.onnx import export_onnx
-
-    path = tmp_path_factory.mktemp("m") / "effl0.onnx"
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_onnx("msnet_effl0", path, input_hw=(96, 96), progress=False, log=lambda *a: None)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(data_dir):
-    return data_dir / "cvc-clinicdb-clips" / "seq01" / "images"
-
-
 def _proc(onnx_model):
     m = Manifest.load(onnx_model)
     return FrameProcessor(create_backend("ort", onnx_model, threads=1).open(), m)
