@@ -29,7 +29,7 @@ class OrtBackend(Backend):
     name = "ort"
 
     def __init__(self, model_path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None,
-                 streams: int = 1) -> None:
+                 streams: int = 1, profile: bool = False) -> None:
         super().__init__()
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -39,6 +39,7 @@ class OrtBackend(Backend):
         if int(streams) < 1:
             raise RuntimeInputError(f"ort: streams must be >= 1, got {streams}")
         self.device, self.threads, self.streams = device, threads, int(streams)
+        self.profile = profile
         self.name = f"ort-{device}"
         self._sess = None
 
@@ -52,6 +53,11 @@ class OrtBackend(Backend):
             so.intra_op_num_threads = max(1, threads // self.streams)
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if self.profile:
+            import tempfile
+
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="polypseg-ort-prof-"), "ort")
         providers = [_PROVIDERS[self.device]] + (["CPUExecutionProvider"] if self.device != "cpu" else [])
         try:
             self._sess = ort.InferenceSession(str(self.model_path), so, providers=providers)
@@ -73,6 +79,34 @@ class OrtBackend(Backend):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run([self._out], {self._in.name: x})[0]
+
+    def layer_profile(self, skip_runs: int = 0) -> list[dict]:
+        """Per node, averaged over the runs since the session opened (minus the first ``skip_runs``): name, type
+        (the op ONNX Runtime executed, e.g. QLinearConv after Q/DQ fusion), kernel (its provider), ms. Ends the
+        profiling session (needs ``profile=True``)."""
+        import json
+        import shutil
+
+        if not self.profile:
+            raise RuntimeInputError("ort: open the backend with profile=True to profile layers")
+        path = self._sess.end_profiling()
+        events = json.loads(open(path).read())
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+        t0 = runs[skip_runs]["ts"] if len(runs) > skip_runs else 0
+        per: dict[str, dict] = {}
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < t0:
+                continue
+            name = e["name"][: -len("_kernel_time")]
+            d = per.setdefault(name, {"name": name, "type": e["args"].get("op_name", "?"),
+                                      "kernel": e["args"].get("provider", "?"), "ms": 0.0})
+            d["ms"] += e["dur"] / 1e3
+        n = max(1, len(runs) - skip_runs)
+        for d in per.values():
+            d["ms"] /= n
+        self.profile = False
+        return list(per.values())
 
     def lanes(self):
         if not self._active:

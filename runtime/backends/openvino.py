@@ -51,7 +51,7 @@ class OpenVinoBackend(Backend):
 
     def __init__(
         self, model_path: str | os.PathLike[str], threads: int | None = None, inference_precision: str | None = "auto",
-        streams: int = 1,
+        streams: int = 1, perf_count: bool = False,
     ) -> None:
         super().__init__()
         if not openvino_available():
@@ -64,6 +64,7 @@ class OpenVinoBackend(Backend):
         if int(streams) < 1:
             raise RuntimeInputError(f"openvino: streams must be >= 1, got {streams}")
         self.threads, self.inference_precision, self.streams = threads, inference_precision, int(streams)
+        self.perf_count = perf_count
         self._req = None
         self._reqs: list = []
 
@@ -77,6 +78,8 @@ class OpenVinoBackend(Backend):
             cfg["INFERENCE_NUM_THREADS"] = self.threads
         if self.inference_precision:
             cfg["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        if self.perf_count:
+            cfg["PERF_COUNT"] = "YES"
         try:
             compiled = core.compile_model(str(self.model_path), "CPU", cfg)
         except Exception as e:  # noqa: BLE001
@@ -101,6 +104,14 @@ class OpenVinoBackend(Backend):
     def _run_on(self, req, x: np.ndarray) -> np.ndarray:
         res = req.infer({0: x}, share_inputs=True)  # releases the GIL while OpenVINO runs
         return np.asarray(res[self._out])
+
+    def layer_profile(self) -> list[dict]:
+        """Per executed layer of the last inference (needs ``perf_count=True``): name, type, kernel, ms."""
+        if not self.perf_count:
+            raise RuntimeInputError("openvino: open the backend with perf_count=True to profile layers")
+        return [{"name": p.node_name, "type": p.node_type, "kernel": p.exec_type,
+                 "ms": p.real_time.total_seconds() * 1e3} for p in self._req.profiling_info
+                if p.status == p.Status.EXECUTED]
 
     def lanes(self):
         if not self._active:
