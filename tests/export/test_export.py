@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,27 @@ def test_int8_flavours_and_tensorrt_lint(exported):
             assert c.input[2] in inits and inits[c.input[2]].dtype == np.float32
     assert ms8.parity["ort"]["dice_vs_torch"] > 0.9 and ms8.parity["openvino"]["dice_vs_torch"] > 0.9
     assert ms8.export_config["calibration"]["frames"] == 24
+
+
+def test_u8_graph_runs_int8_kernels_on_onnx_runtime(exported, tmp_path):
+    """qdq-u8 quantises the ops around the convolutions too, so ONNX Runtime fuses (nearly) every Conv into a
+    QLinearConv instead of dequantising in front of a float Conv (which is slower than FP32)."""
+    import onnxruntime as ort
+
+    u8, mu8 = exported[("int8", "qdq-u8")]
+    s8, _ = exported[("int8", "qdq-s8")]
+    counts = {}
+    for name, path in (("u8", u8), ("s8", s8)):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp_path / f"{name}-opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        counts[name] = ops
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(u8)).graph.node)
+    assert counts["u8"]["QLinearConv"] >= 0.9 * n_conv, counts["u8"]
+    assert counts["u8"]["QLinearConv"] > 2 * counts["s8"]["QLinearConv"], (counts["u8"], counts["s8"])
+    assert mu8.parity["ort"]["dice_vs_torch"] > 0.9
 
 
 def test_calibration_cache_makes_reexport_skip_calibration(exported, calib, ckpt):
