@@ -47,6 +47,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     try:
         from export.errors import ExportError
         from export.onnx import export_onnx
+        from export.precision import flavour_tag
         from training import get_spec
         from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
     except ImportError as e:
@@ -60,12 +61,14 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
             tag = file_sha256(resolve_checkpoint(ckpt))[:12]
         except ValueError as e:
             raise RuntimeInputError(str(e)) from None
-    flavour = "qdq-u8" if (args.precision == "int8" and backend == "ort") else "qdq-s8"
+    # TensorRT takes the symmetric graph; the CPU backends run the full-graph uint8 one fastest
+    flavour = "qdq-s8" if backend == "trt" else "qdq-u8"
     try:
         h, w = get_spec(args.model).input_hw
     except Exception as e:  # noqa: BLE001 - unknown model name
         raise RuntimeInputError(str(e).strip("'\"")) from None
-    name = f"{args.model}-{h}x{w}-{args.precision}{'-' + flavour if args.precision == 'int8' else ''}-{tag}.onnx"
+    int8 = f"-{flavour_tag(flavour)}" if args.precision == "int8" else ""
+    name = f"{args.model}-{h}x{w}-{args.precision}{int8}-{tag}.onnx"
     path = CACHE / "onnx" / name
     if not path.is_file():
         print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)

@@ -27,6 +27,7 @@ from runtime.preprocess import preprocess_reference
 
 from .errors import ExportError
 from .onnx import export_onnx
+from .precision import flavour_tag
 
 # (label, precision, flavour, backend, backend options)
 ROWS = (
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from training import get_spec
 
                 h, w = get_spec(model).input_hw
-                path = Path(args.work_dir) / f"{model}-{h}x{w}-{prec}{'-' + flav if flav else ''}.onnx"
+                path = Path(args.work_dir) / f"{model}-{h}x{w}-{prec}{'-' + flavour_tag(flav) if flav else ''}.onnx"
                 if not path.is_file():
                     print(f"exporting {path.name} …", flush=True)
                     try:

@@ -33,6 +33,7 @@ from runtime.preprocess import preprocess_reference
 
 from .errors import ExportError
 from .onnx import export_onnx, load_for_export
+from .precision import flavour_tag
 
 __all__ = ["TorchBackend", "compare", "main"]
 
@@ -66,7 +67,7 @@ def _rows_for(precision: str) -> list[tuple[str, str, str]]:
     """(flavour, backend, label) rows for a precision."""
     if precision == "int8":
         return [("qdq-s8", "ort", "ort"), ("qdq-s8", "openvino", "openvino"), ("qdq-s8", "trt", "trt"),
-                ("qdq-u8", "ort", "ort")]
+                ("qdq-u8", "ort", "ort"), ("qdq-u8", "openvino", "openvino")]
     return [("", "ort", "ort"), ("", "openvino", "openvino"), ("", "trt", "trt")]
 
 
@@ -133,7 +134,7 @@ def compare(
         calib_kw = {"calib_data": data, "calib_split": split}
     for precision in precisions:
         for flavour, backend, label in _rows_for(precision):
-            path = work / f"{tag}-{precision}{'-' + flavour if flavour else ''}.onnx"
+            path = work / f"{tag}-{precision}{'-' + flavour_tag(flavour) if flavour else ''}.onnx"
             if not path.is_file():
                 export_onnx(model_name, path, checkpoint=checkpoint, precision=precision, input_hw=hw,
                             int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,

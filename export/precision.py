@@ -8,13 +8,14 @@
   ``qdq-s8`` (default)
       what TensorRT accepts: symmetric int8 activations and weights, per-channel weights on axis 0, per-tensor
       activations, bias not quantised, Q/DQ only on the inputs of weighted ops, a dedicated Q/DQ pair per consumer.
-      OpenVINO runs this graph with int8 kernels on x86 CPUs.
+      OpenVINO runs it with int8 convolutions too, but the layers between them in bf16/float.
   ``qdq-u8``
       the graph for ONNX Runtime's CPU provider: asymmetric uint8 activations, per-channel int8 weights, and Q/DQ on
       every op ONNX Runtime has an int8 kernel for (convolution outputs, Add, Concat, pooling, clipping, …) but
       Resize and the logit head, so that its Q/DQ fusion turns them into QLinearConv/QLinearAdd/… (Q/DQ on the
       inputs of weighted ops alone leaves ONNX Runtime dequantising before a float convolution — slower than FP32.)
-      TensorRT rejects it.
+      OpenVINO also runs it faster than ``qdq-s8`` (residual adds, splits and concats in int8; uint8 activations are
+      what AVX-512 VNNI multiplies natively): the CPU backends' INT8 graph. TensorRT rejects it.
 
 :func:`lint_qdq_for_tensorrt` refuses a Q/DQ placement TensorRT would reject.
 """
@@ -36,6 +37,8 @@ from .errors import ExportError
 __all__ = [
     "FP32_OP_TYPES",
     "INT8_FLAVOURS",
+    "INT8_REVISION",
+    "flavour_tag",
     "activation_ranges",
     "lint_qdq_for_tensorrt",
     "quantize_int8",
@@ -50,6 +53,13 @@ FP32_OP_TYPES = (
 )
 FP16_DATA_MAX = 2048.0  # a node whose float32 output exceeds this on real frames stays float32
 INT8_FLAVOURS = ("qdq-s8", "qdq-u8")
+#: bumped when a flavour's graph changes, so that caches keyed on it (demos.live) re-export
+INT8_REVISION = {"qdq-s8": 1, "qdq-u8": 2}
+
+
+def flavour_tag(flavour: str) -> str:
+    """``qdq-u8`` → ``qdq-u8r2``: the flavour and its graph revision, for cache file names."""
+    return f"{flavour}r{INT8_REVISION[flavour]}" if flavour else ""
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 

@@ -7,9 +7,9 @@ Usage::
         --backends torch,ort-fp32,ort-int8,openvino-int8 --json bench.json --plot bench.png
 
 Rows: ``naive`` (the per-frame loop a seed repository runs: OpenCV → PyTorch eager → NumPy overlay, sequential),
-``torch`` (PyTorch eager inside our pipeline), ``ort-fp32``, ``ort-fp16``, ``ort-int8`` (uint8-activation Q/DQ,
-fastest on ONNX Runtime), ``openvino-fp32``, ``openvino-int8`` (symmetric Q/DQ, the TensorRT-style graph),
-``trt-fp16``/``trt-int8`` on GPU machines. Columns: network latency p50/p99 (ms), pipeline FPS and end-to-end p50/p99
+``torch`` (PyTorch eager inside our pipeline), ``ort-fp32``, ``ort-fp16``, ``ort-int8`` / ``openvino-int8`` (the
+full-graph uint8 Q/DQ graph, what the demo runs on the CPU), ``ort-int8-s8`` / ``openvino-int8-s8`` (symmetric Q/DQ
+on the weighted ops' inputs: the TensorRT graph), ``openvino-fp32``, ``trt-fp16``/``trt-int8`` on GPU machines. Columns: network latency p50/p99 (ms), pipeline FPS and end-to-end p50/p99
 (capture → overlay, no display, no video writing), mDice against the ground truth (when a ``masks/`` folder sits
 beside the frames) and mask Dice against PyTorch. ``--streams`` (default 1, or ``auto`` as in ``demos.live``)
 sets the inference streams of the ONNX Runtime/OpenVINO rows, ``ROW@N`` (``openvino-int8@2``) those of one row;
@@ -40,7 +40,8 @@ ROWS = {
     "ort-int8": ("ort", "int8", "qdq-u8"),
     "ort-int8-s8": ("ort", "int8", "qdq-s8"),
     "openvino-fp32": ("openvino", "fp32", ""),
-    "openvino-int8": ("openvino", "int8", "qdq-s8"),
+    "openvino-int8": ("openvino", "int8", "qdq-u8"),
+    "openvino-int8-s8": ("openvino", "int8", "qdq-s8"),
     "trt-fp16": ("trt", "fp16", ""),
     "trt-int8": ("trt", "int8", "qdq-s8"),
 }
@@ -70,6 +71,7 @@ def _frames(src: str, limit: int) -> list[np.ndarray]:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from export.compare import TorchBackend
     from export.onnx import export_onnx, load_for_export
+    from export.precision import flavour_tag
     from training.metrics import SegMetrics
 
     model, src_info = load_for_export(args.model, args.checkpoint)
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                         f"(optionally with @STREAMS, e.g. openvino-int8@2)")
             kind, prec, flav = ROWS[row_name]
             streams = parse_streams(row_streams) if row_streams else args.streams
-            path = work / f"{args.model}-{prec}{'-' + flav if flav else ''}.onnx"
+            path = work / f"{args.model}-{prec}{'-' + flavour_tag(flav) if flav else ''}.onnx"
             if not path.is_file():
                 print(f"exporting {path.name} …", file=sys.stderr, flush=True)
                 export_onnx(args.model, path, checkpoint=args.checkpoint, precision=prec, int8_flavour=flav or "qdq-s8",
