@@ -10,8 +10,8 @@ can execute that graph here: ONNX Runtime CPU, OpenVINO (x86), TensorRT when a G
 ``max_abs_diff`` (max |logit − PyTorch logit| over all frames), ``dice_vs_torch`` (Dice of the backend's masks
 against PyTorch's masks, pooled over all pixels), ``dice_vs_gt`` (the MSNet ``mDice``, soft Dice per image then
 averaged — the same number ``training.evaluate`` prints), ``dice05_vs_gt`` (thresholded Dice at 0.5 per image,
-averaged), and NaN/Inf counts. The INT8 rows come in two flavours: ``qdq-s8`` (TensorRT/OpenVINO) and ``qdq-u8``
-(ONNX Runtime CPU).
+averaged), and NaN/Inf counts. The INT8 rows come in two flavours: ``qdq-s8`` (TensorRT; OpenVINO runs it too) and
+``qdq-u8`` (the CPU backends' graph, ONNX Runtime and OpenVINO).
 """
 
 from __future__ import annotations

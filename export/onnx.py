@@ -260,8 +260,8 @@ def export_onnx(
             if flavour == "qdq-s8" and problems:
                 raise ExportError(f"Q/DQ placement TensorRT would reject ({len(problems)} problems), first: {problems[0]}")
             if flavour == "qdq-u8":
-                log(f"        flavour qdq-u8 is for ONNX Runtime CPU; TensorRT would reject it ({len(problems)} lint "
-                    "problems, e.g. uint8 zero points)")
+                log(f"        flavour qdq-u8 is for the CPU backends (ONNX Runtime, OpenVINO); TensorRT would reject it "
+                    f"({len(problems)} lint problems, e.g. uint8 zero points)")
 
         deploy_blocks: list = []
         if plugins:
