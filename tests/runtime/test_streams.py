@@ -24,7 +24,8 @@ def _frames(clip, n):
 
 
 def _run(onnx_model, clip, streams):
-    proc = FrameProcessor(create_backend("ort", onnx_model, threads=2, streams=streams).open(), Manifest.load(onnx_model))
+    backend = create_backend("ort", onnx_model, threads=2, streams=streams).open()
+    proc = FrameProcessor(backend, Manifest.load(onnx_model))
     used = set()
     runs = proc._runs
 
