@@ -36,6 +36,9 @@ DEFAULT_MODEL = "msnet_effl0"
 
 def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     """Path of the model file to run: --engine, --onnx, or an ONNX exported (and cached) from --model."""
+    if args.input_size and (args.engine or args.onnx):
+        raise RuntimeInputError("--input-size applies to --model exports; an ONNX or engine keeps the size it was "
+                                "exported at (re-export: python -m export.onnx --input-size H W)")
     if args.engine:
         return Path(args.engine)
     if args.onnx:
@@ -64,9 +67,12 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     # TensorRT takes the symmetric graph; the CPU backends run the full-graph uint8 one fastest
     flavour = "qdq-s8" if backend == "trt" else "qdq-u8"
     try:
-        h, w = get_spec(args.model).input_hw
+        spec = get_spec(args.model)
     except Exception as e:  # noqa: BLE001 - unknown model name
         raise RuntimeInputError(str(e).strip("'\"")) from None
+    h, w = (int(v) for v in (args.input_size or spec.input_hw))
+    if h % spec.size_divisor or w % spec.size_divisor:
+        raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, got {h}x{w}")
     int8 = f"-{flavour_tag(flavour)}" if args.precision == "int8" else ""
     name = f"{args.model}-{h}x{w}-{args.precision}{int8}-{tag}.onnx"
     path = CACHE / "onnx" / name
@@ -74,6 +80,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
         print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)
         try:
             export_onnx(args.model, path, checkpoint=ckpt, precision=args.precision, int8_flavour=flavour,
+                        input_hw=(h, w),
                         calib_data=args.calib_data, calib_count=args.calib_count, progress=sys.stderr.isatty(),
                         log=lambda *a: print(*a, file=sys.stderr))
         except ExportError as e:
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint for --model (default: the shipped <model>-kvasir)")
     p.add_argument("--backend", choices=("auto", "ort", "openvino", "trt"), default="auto")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8", help="for --model exports")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input size of --model exports (default: the model's; smaller is faster, check "
+                        "the accuracy with python -m export.compare --input-size H W)")
     p.add_argument("--calib-data", help="INT8 calibration frames for --model exports (default: the training data)")
     p.add_argument("--calib-count", type=int, default=256)
     p.add_argument("--out", help="write the annotated video here (.mp4)")
@@ -185,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.outputs["serve"] = server.url
         server.close()
     report.model = {"name": manifest.model, "precision": manifest.precision, "flavour": manifest.quant_flavour,
-                    "file": str(model_path), "backend": backend.name, "streams": backend.streams,
+                    "input_hw": list(manifest.input_hw), "file": str(model_path), "backend": backend.name, "streams": backend.streams,
                     "fast_path": processor.fast}
     if args.report:
         write_json_atomic(args.report, report.__dict__)

@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 
 from .backends import open_backend, parse_streams
-from .errors import BackendUnavailableError, RuntimeInputError
+from .errors import BackendUnavailableError, EngineError, RuntimeInputError
 from .manifest import Manifest, manifest_path, write_json_atomic
 from .pipeline import Pipeline, create_processor
-from .video import open_source
+from .video import SourceError, open_source
 
 ROWS = {
     "ort-fp32": ("ort", "fp32", ""),
@@ -76,7 +76,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     model, src_info = load_for_export(args.model, args.checkpoint)
     spec = model.spec
-    hw = tuple(spec.input_hw)
+    hw = tuple(int(v) for v in (args.input_size or spec.input_hw))
+    if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
+        raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, "
+                                f"got {hw[0]}x{hw[1]}")
+    # exports are cached per model, input size, precision/flavour and checkpoint (a new checkpoint re-exports)
+    ckpt_tag = (src_info.get("checkpoint_sha256") or "")[:12] or "untrained"
     sources = list(args.source)
     frames = {s: _frames(s, args.accuracy_frames) for s in sources}
     masks = {s: _masks_for(s) for s in sources}
@@ -145,13 +150,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"backend": "naive", "precision": "fp32", "streams": 1, "size_mb": None,
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)), "fps": nl["fps"],
                      "e2e_p50_ms": float(np.median(lat)), "e2e_p99_ms": float(np.percentile(lat, 99)),
-                     **accuracy(torch_be, _torch_manifest(args.model, spec))})
+                     **accuracy(torch_be, _torch_manifest(args.model, spec, hw))})
         print(_fmt(rows[-1]), flush=True)
     for name in args.backends:
         if name == "naive":
             continue
         if name == "torch":
-            be, man = torch_be, _torch_manifest(args.model, spec)
+            be, man = torch_be, _torch_manifest(args.model, spec, hw)
             size = None
         else:
             row_name, _, row_streams = name.partition("@")
@@ -160,10 +165,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                         f"(optionally with @STREAMS, e.g. openvino-int8@2)")
             kind, prec, flav = ROWS[row_name]
             streams = parse_streams(row_streams) if row_streams else args.streams
-            path = work / f"{args.model}-{prec}{'-' + flavour_tag(flav) if flav else ''}.onnx"
+            path = work / (f"{args.model}-{hw[0]}x{hw[1]}-{prec}{'-' + flavour_tag(flav) if flav else ''}"
+                           f"-{ckpt_tag}.onnx")
             if not path.is_file():
                 print(f"exporting {path.name} …", file=sys.stderr, flush=True)
                 export_onnx(args.model, path, checkpoint=args.checkpoint, precision=prec, int8_flavour=flav or "qdq-s8",
+                            input_hw=hw,
                             calib_data=args.calib_data, calib_split=args.calib_split, calib_count=args.calib_count,
                             progress=False, log=lambda *a: None)
             man = Manifest.load(manifest_path(path))
@@ -185,8 +192,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _torch_manifest(model: str, spec) -> Manifest:
-    return Manifest(model=model, input_hw=list(spec.input_hw), mean=list(spec.mean), std=list(spec.std),
+def _torch_manifest(model: str, spec, hw) -> Manifest:
+    return Manifest(model=model, input_hw=list(hw), mean=list(spec.mean), std=list(spec.std),
                     threshold=spec.threshold)
 
 
@@ -230,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="msnet_effl0")
     p.add_argument("--checkpoint")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input size of every row, the naive loop's too (default: the model's)")
     p.add_argument("--source", nargs="+", required=True, help="frame folders or video files")
     p.add_argument("--backends", default="naive,torch,ort-fp32,ort-int8,openvino-int8")
     p.add_argument("--threads", type=int, default=2)
@@ -249,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(HEADER, flush=True)
     try:
         rows = run(args)
-    except (RuntimeInputError, ValueError) as e:
+    except (RuntimeInputError, ValueError, SourceError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     base = [r for r in rows if r["backend"] == "naive"]

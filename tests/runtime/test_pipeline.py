@@ -95,7 +95,8 @@ def test_failure_mid_stream_ends_cleanly_with_output_intact(onnx_model, clip, tm
     assert not list(tmp_path.glob(".o.partial*"))
 
 
-@pytest.mark.parametrize("case", ["missing", "not-a-video", "no-manifest", "other-manifest", "engine-no-gpu"])
+@pytest.mark.parametrize("case", ["missing", "not-a-video", "no-manifest", "other-manifest", "engine-no-gpu",
+                                  "size-with-onnx", "size-not-multiple"])
 def test_bad_input_one_line(case, onnx_model, clip, tmp_path):
     args = ["--source", str(clip), "--onnx", str(onnx_model), "--backend", "ort"]
     if case == "missing":
@@ -119,6 +120,12 @@ def test_bad_input_one_line(case, onnx_model, clip, tmp_path):
         m.save(manifest_path(other))
         args[3] = str(other)
         want = "belongs to another model file"
+    elif case == "size-with-onnx":
+        args += ["--input-size", "96", "96"]
+        want = "--input-size applies to --model exports"
+    elif case == "size-not-multiple":
+        args = ["--source", str(clip), "--model", "msnet_effl0", "--precision", "fp32", "--input-size", "100", "96"]
+        want = "multiples of 32"
     else:
         eng = tmp_path / "m.engine"
         eng.write_bytes(b"\0" * 64)
@@ -126,7 +133,7 @@ def test_bad_input_one_line(case, onnx_model, clip, tmp_path):
         args = ["--source", str(clip), "--engine", str(eng)]
         want = "no CUDA device"
     r = subprocess.run([sys.executable, "-m", "demos.live", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env={**os.environ, "POLYPSEG_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert want in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
@@ -210,3 +217,16 @@ def test_serve_page_shows_frames_in_headless_chromium(onnx_model, clip, tmp_path
         demo.terminate()
         demo.wait(timeout=30)
     assert demo.returncode in (0, -15)
+
+
+def test_model_export_at_another_input_size_is_cached_by_size(clip, tmp_path):
+    """--model with --input-size exports (and caches) the graph at that size; the report says which size ran."""
+    cache, rep = tmp_path / "cache", tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "demos.live", "--source", str(clip), "--model", "msnet_effl0",
+                        "--precision", "fp32", "--input-size", "96", "128", "--backend", "ort", "--max-frames", "6",
+                        "--report", str(rep), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "POLYPSEG_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(rep.read_text())
+    assert report["model"]["input_hw"] == [96, 128] and report["frames"] == 6
+    assert [p.name.split("-")[1] for p in (cache / "onnx").glob("*.onnx")] == ["96x128"]
