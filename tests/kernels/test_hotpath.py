@@ -92,6 +92,30 @@ def test_overlay_threshold_and_edges(frames):
     assert ops.overlay(out2, np.full((4, 4), 4.0, np.float32), threshold=0.99) == 0 and np.array_equal(out2, bgr)
 
 
+@pytest.mark.parametrize("src", ["1080p", "cvc"])
+def test_overlay_background_rows_skip_exactly(frames, src):
+    """Rows whose source logits all sit below the threshold are skipped without interpolation; rows at or just
+    around the threshold must still take the exact path (same mask as the reference)."""
+    bgr = frames[src]
+    logits = np.full((64, 64), -8.0, np.float32)  # background everywhere …
+    logits[20:26, 30:40] = 6.0  # … a polyp …
+    logits[40:44, :] = 1e-6  # … a band just above p = 0.5 (logit 0) …
+    logits[50:54, :] = -1e-6  # … one just below …
+    logits[55, 10:12] = 0.0  # … and values exactly at it
+    got_masks = []
+    for threads in (1, 3):
+        got, mask = bgr.copy(), np.zeros(bgr.shape[:2], np.uint8)
+        n = ops.overlay(got, logits, threshold=0.5, mask=mask, threads=threads)
+        got_masks.append(mask)
+        ref, ref_mask = overlay_reference(bgr, logits, 0.5)
+        assert (mask != ref_mask).sum() <= 2 and n == int(mask.sum()) > 0
+        assert (got != ref).any(-1).sum() <= 20
+    assert np.array_equal(*got_masks)
+    rows = np.flatnonzero(got_masks[0].any(1))
+    h = bgr.shape[0]
+    assert rows.min() <= 26 * h // 64 and rows.max() >= 41 * h // 64 and not got_masks[0][52 * h // 64].any(), "polyp and the just-above band are foreground"
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ops.KernelInputError, match=r"bgr: expected a BGR uint8 frame \[H, W, 3\], got float32"):
         ops.preprocess(np.zeros((4, 4, 3), np.float32), (4, 4), MEAN, STD)
