@@ -42,6 +42,8 @@ TOOLKIT_VERSION = "0.1.0"
 # --------------------------------------------------------------------------------------------- inputs
 def load_for_export(name: str, checkpoint: str | None) -> tuple[Any, dict[str, Any]]:
     """Model in eval mode (M2SNet in box-sum form) and a description of its source checkpoint."""
+    import torch
+
     from training import CheckpointError, UnknownModelError, get_spec, load_model
     from training.checkpoint import WEIGHTS_DIR, read_checkpoint, resolve_checkpoint
 
@@ -56,7 +58,11 @@ def load_for_export(name: str, checkpoint: str | None) -> tuple[Any, dict[str, A
         if checkpoint is None:
             warnings.warn(f"no checkpoint for {name!r}: exporting untrained weights (fine for speed, not accuracy)",
                           stacklevel=2)
-            model = load_model(name)
+            # seeded: "untrained" names one set of weights in every process, so a cached untrained export and
+            # this process's PyTorch reference agree (parity and "Dice vs PyTorch" columns stay meaningful)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = load_model(name)
         else:
             path = resolve_checkpoint(checkpoint)
             ck = read_checkpoint(path)

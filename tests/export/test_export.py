@@ -161,6 +161,28 @@ def _qdq_graph(zero_point, scale, bias_dq=False, act_scale_per_channel=False):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def test_untrained_weights_are_the_same_in_every_process():
+    """A cached "untrained" export must hold the weights this process's PyTorch reference holds; the global RNG is
+    left alone."""
+    import warnings
+
+    import torch
+
+    from export.onnx import load_for_export
+
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, info = load_for_export("gmsrf", None)
+        b, _ = load_for_export("gmsrf", None)
+    assert info["checkpoint"] == ""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(torch.rand(3), before), "load_for_export must not move the caller's RNG"
+
+
 def test_lint_rejects_what_tensorrt_rejects():
     assert lint_qdq_for_tensorrt(_qdq_graph(np.int8(0), 0.1)) == []
     assert any("non-zero zero point" in p for p in lint_qdq_for_tensorrt(_qdq_graph(np.int8(3), 0.1)))
