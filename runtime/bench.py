@@ -9,11 +9,14 @@ Usage::
 Rows: ``naive`` (the per-frame loop a seed repository runs: OpenCV → PyTorch eager → NumPy overlay, sequential),
 ``torch`` (PyTorch eager inside our pipeline), ``ort-fp32``, ``ort-fp16``, ``ort-int8`` / ``openvino-int8`` (the
 full-graph uint8 Q/DQ graph, what the demo runs on the CPU), ``ort-int8-s8`` / ``openvino-int8-s8`` (symmetric Q/DQ
-on the weighted ops' inputs: the TensorRT graph), ``openvino-fp32``, ``trt-fp16``/``trt-int8`` on GPU machines. Columns: network latency p50/p99 (ms), pipeline FPS and end-to-end p50/p99
-(capture → overlay, no display, no video writing), mDice against the ground truth (when a ``masks/`` folder sits
-beside the frames) and mask Dice against PyTorch. ``--streams`` (default 1, or ``auto`` as in ``demos.live``)
-sets the inference streams of the ONNX Runtime/OpenVINO rows, ``ROW@N`` (``openvino-int8@2``) those of one row;
-the ``str`` column says what each row ran with (network latency is then one request on its share of the threads).
+on the weighted ops' inputs: the TensorRT graph), ``openvino-fp32``, ``trt-fp16``/``trt-int8`` on GPU machines.
+Columns: network input size, network latency p50/p99 (ms), pipeline FPS and end-to-end p50/p99 (capture → overlay,
+no display, no video writing), mDice against the ground truth (when a ``masks/`` folder sits beside the frames) and
+mask Dice against PyTorch at the same input size. ``--streams`` (default 1, or ``auto`` as in ``demos.live``) sets
+the inference streams of the ONNX Runtime/OpenVINO rows, ``ROW@N`` (``openvino-int8@2``) those of one row; the
+``str`` column says what each row ran with (network latency is then one request on its share of the threads).
+``--input-size H W`` (repeatable) measures every row at each size, the naive loop included, so the cost of a
+size is read side by side; exports are cached in ``--work-dir`` per model, size, precision and checkpoint.
 
 The PyTorch rows import torch (through ``export``); the runtime itself never does.
 """
@@ -69,17 +72,22 @@ def _frames(src: str, limit: int) -> list[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from export.compare import TorchBackend
-    from export.onnx import export_onnx, load_for_export
-    from export.precision import flavour_tag
-    from training.metrics import SegMetrics
+    from export.onnx import load_for_export
 
+    for name in args.backends:  # every row name is checked before anything runs
+        row_name, at, row_streams = name.partition("@")
+        if name not in ("naive", "torch") and row_name not in ROWS:
+            raise RuntimeInputError(f"unknown backend row {name!r}; valid: naive, torch, {', '.join(ROWS)} "
+                                    f"(optionally with @STREAMS, e.g. openvino-int8@2)")
+        if at:
+            parse_streams(row_streams)
     model, src_info = load_for_export(args.model, args.checkpoint)
     spec = model.spec
-    hw = tuple(int(v) for v in (args.input_size or spec.input_hw))
-    if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
-        raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, "
-                                f"got {hw[0]}x{hw[1]}")
+    sizes = [tuple(int(v) for v in hw) for hw in (args.input_size or [spec.input_hw])]
+    for hw in sizes:
+        if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
+            raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, "
+                                    f"got {hw[0]}x{hw[1]}")
     # exports are cached per model, input size, precision/flavour and checkpoint (a new checkpoint re-exports)
     ckpt_tag = (src_info.get("checkpoint_sha256") or "")[:12] or "untrained"
     sources = list(args.source)
@@ -87,12 +95,26 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     masks = {s: _masks_for(s) for s in sources}
     work = Path(args.work_dir)
     rows: list[dict[str, Any]] = []
+    for hw in sizes:
+        rows += _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work)
+    return rows
 
+
+def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict[str, Any]]:
+    """All rows at one network input size; ``speedup_vs_naive`` against the naive loop at that size."""
+    from export.compare import TorchBackend
+    from export.onnx import export_onnx
+    from export.precision import flavour_tag
+    from training.metrics import SegMetrics
+
+    sources = list(frames)
+    rows: list[dict[str, Any]] = []
     # reference logits (PyTorch) for the agreement column
     from .preprocess import preprocess_reference
 
     torch_be = TorchBackend(model, hw, args.threads).open()
-    ref = {s: [torch_be.infer(preprocess_reference(f, hw, spec.mean, spec.std)) for f in fs] for s, fs in frames.items()}
+    ref = {s: [torch_be.infer(preprocess_reference(f, hw, spec.mean, spec.std)) for f in fs]
+           for s, fs in frames.items()}
 
     def accuracy(backend, manifest) -> dict[str, float]:
         metrics, inter, tot, have_gt = SegMetrics(), 0, 0, False
@@ -147,7 +169,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         seq = [f for s in sources for f in frames[s]] * 2
         nl = naive_loop(model, seq, hw, spec.mean, spec.std, args.threads)
         lat = nl["latency_ms"]
-        rows.append({"backend": "naive", "precision": "fp32", "streams": 1, "size_mb": None,
+        rows.append({"backend": "naive", "input_hw": list(hw), "precision": "fp32", "streams": 1, "size_mb": None,
                      "p50_ms": float(np.median(lat)), "p99_ms": float(np.percentile(lat, 99)), "fps": nl["fps"],
                      "e2e_p50_ms": float(np.median(lat)), "e2e_p99_ms": float(np.percentile(lat, 99)),
                      **accuracy(torch_be, _torch_manifest(args.model, spec, hw))})
@@ -160,9 +182,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             size = None
         else:
             row_name, _, row_streams = name.partition("@")
-            if row_name not in ROWS:
-                raise RuntimeInputError(f"unknown backend row {name!r}; valid: naive, torch, {', '.join(ROWS)} "
-                                        f"(optionally with @STREAMS, e.g. openvino-int8@2)")
             kind, prec, flav = ROWS[row_name]
             streams = parse_streams(row_streams) if row_streams else args.streams
             path = work / (f"{args.model}-{hw[0]}x{hw[1]}-{prec}{'-' + flavour_tag(flav) if flav else ''}"
@@ -181,8 +200,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"{name}: skipped ({e})", file=sys.stderr)
                 continue
             size = path.stat().st_size / 2**20
-        row = {"backend": name, "precision": man.precision, "streams": getattr(be, "streams", 1),
-               "size_mb": size, **net_latency(be, man),
+        row = {"backend": name, "input_hw": list(man.input_hw), "precision": man.precision,
+               "streams": getattr(be, "streams", 1), "size_mb": size, **net_latency(be, man),
                **pipeline_fps(be, man), **accuracy(be, man)}
         rows.append(row)
         print(_fmt(row), flush=True)
@@ -197,15 +216,24 @@ def _torch_manifest(model: str, spec, hw) -> Manifest:
                     threshold=spec.threshold)
 
 
-HEADER = (f"{'backend':<18}{'prec':<6}{'str':>4}{'MB':>6}{'net p50':>9}{'net p99':>9}{'FPS':>8}{'e2e p50':>9}"
+HEADER = (f"{'backend':<18}{'input':<9}{'prec':<6}{'str':>4}{'MB':>6}{'net p50':>9}{'net p99':>9}{'FPS':>8}"
+          f"{'e2e p50':>9}"
           f"{'e2e p99':>9}{'mDice/gt':>10}{'Dice/pt':>9}")
 
 
 def _fmt(r: dict[str, Any]) -> str:
     f = lambda v, w, d: (f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}")  # noqa: E731
-    return (f"{r['backend']:<18}{r['precision']:<6}{r.get('streams', 1):>4}{f(r['size_mb'], 6, 1)}"
-            f"{f(r['p50_ms'], 9, 1)}{f(r['p99_ms'], 9, 1)}{f(r['fps'], 8, 1)}{f(r['e2e_p50_ms'], 9, 1)}{f(r['e2e_p99_ms'], 9, 1)}{f(r['dice_vs_gt'], 10, 4)}"
+    hw = r.get("input_hw")
+    return (f"{r['backend']:<18}{(f'{hw[0]}x{hw[1]}' if hw else '-'):<9}{r['precision']:<6}"
+            f"{r.get('streams', 1):>4}{f(r['size_mb'], 6, 1)}{f(r['p50_ms'], 9, 1)}{f(r['p99_ms'], 9, 1)}"
+            f"{f(r['fps'], 8, 1)}{f(r['e2e_p50_ms'], 9, 1)}{f(r['e2e_p99_ms'], 9, 1)}{f(r['dice_vs_gt'], 10, 4)}"
             f"{f(r['dice_vs_torch'], 9, 4)}")
+
+
+def _labeller(rows: list[dict[str, Any]]):
+    """Row label: the backend, plus the input size when the run measured several."""
+    several = len({tuple(r.get("input_hw") or ()) for r in rows}) > 1
+    return lambda r: (f"{r['backend']} {r['input_hw'][0]}x{r['input_hw'][1]}" if several else r["backend"])
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -214,7 +242,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["backend"] for r in rows]
+    label = _labeller(rows)
+    names = [label(r) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.barh(names, [r["fps"] for r in rows], color="tab:green")
     a.set_xlabel("pipeline FPS (higher is better)")
@@ -237,8 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="msnet_effl0")
     p.add_argument("--checkpoint")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="network input size of every row, the naive loop's too (default: the model's)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), action="append",
+                   help="network input size of every row, the naive loop's too (default: the model's); repeat it "
+                        "to measure several sizes side by side in one run")
     p.add_argument("--source", nargs="+", required=True, help="frame folders or video files")
     p.add_argument("--backends", default="naive,torch,ort-fp32,ort-int8,openvino-int8")
     p.add_argument("--threads", type=int, default=2)
@@ -263,7 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     base = [r for r in rows if r["backend"] == "naive"]
     if base:
-        print("speed-up vs naive: " + ", ".join(f"{r['backend']} {r['speedup_vs_naive']:.1f}×" for r in rows[1:]))
+        label = _labeller(rows)
+        print("speed-up vs naive (same input size): " + ", ".join(
+            f"{label(r)} {r['speedup_vs_naive']:.1f}×" for r in rows if r["backend"] != "naive"
+            and r["speedup_vs_naive"] is not None))
     if args.json:
         write_json_atomic(args.json, rows)
     if args.plot:

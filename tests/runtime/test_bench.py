@@ -22,34 +22,37 @@ def test_bench_side_by_side_rows_on_a_real_clip(clip, data_dir, tmp_path):
     pytest.importorskip("openvino")
     out, png, work = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "work"
     kv = data_dir / "kvasir-seg"
-    r = _bench("--model", "msnet_effl0", "--input-size", "96", "128", "--source", str(clip),
+    r = _bench("--model", "msnet_effl0", "--input-size", "96", "128", "--input-size", "64", "64", "--source", str(clip),
                "--backends", "naive,ort-fp32,openvino-int8", "--rounds", "3", "--pipeline-frames", "12",
                "--accuracy-frames", "8", "--calib-data", str(kv), "--calib-split", str(kv / "splits" / "train.txt"),
                "--calib-count", "8", "--work-dir", str(work), "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [x["backend"] for x in rows] == ["naive", "ort-fp32", "openvino-int8"]
+    assert [(x["backend"], x["input_hw"]) for x in rows] == [
+        (b, hw) for hw in ([96, 128], [64, 64]) for b in ("naive", "ort-fp32", "openvino-int8")]
     for x in rows:
         for k in ("backend", "precision", "p50_ms", "p99_ms", "fps", "dice_vs_gt", "dice_vs_torch"):
             assert k in x, (k, x)
         assert 0 < x["p50_ms"] <= x["p99_ms"] and x["fps"] > 0
         assert 0 <= x["dice_vs_gt"] <= 1  # seq01 has masks beside its frames
-    naive, fp32, int8 = rows
-    assert naive["speedup_vs_naive"] == pytest.approx(1.0)
-    assert naive["dice_vs_torch"] == pytest.approx(1.0)
-    # ONNX Runtime FP32 at the same input size computes what PyTorch computes
-    assert fp32["dice_vs_torch"] > 0.98 and abs(fp32["dice_vs_gt"] - naive["dice_vs_gt"]) < 0.02
-    assert int8["precision"] == "int8" and fp32["precision"] == "fp32"
+    for naive, fp32, int8 in (rows[:3], rows[3:]):  # each size against its own naive loop and PyTorch reference
+        assert naive["speedup_vs_naive"] == pytest.approx(1.0)
+        assert fp32["speedup_vs_naive"] == pytest.approx(fp32["fps"] / naive["fps"])
+        assert naive["dice_vs_torch"] == pytest.approx(1.0)
+        # ONNX Runtime FP32 at the same input size computes what PyTorch computes
+        assert fp32["dice_vs_torch"] > 0.98 and abs(fp32["dice_vs_gt"] - naive["dice_vs_gt"]) < 0.02
+        assert int8["precision"] == "int8" and fp32["precision"] == "fp32"
+    assert "openvino-int8 64x64" in r.stdout  # several sizes: rows are labelled with theirs
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # exports are cached per size and checkpoint, so --input-size or a new checkpoint never reuses a stale graph
     cached = sorted(p.name for p in work.glob("*.onnx"))
-    assert len(cached) == 2 and all(n.startswith("msnet_effl0-96x128-") for n in cached), cached
+    assert len(cached) == 4 and sum(n.startswith("msnet_effl0-96x128-") for n in cached) == 2, cached
     from runtime.manifest import Manifest
 
-    assert all(Manifest.load(p).input_hw == [96, 128] for p in work.glob("*.onnx"))
+    assert sorted(Manifest.load(p).input_hw for p in work.glob("*.onnx")) == [[64, 64]] * 2 + [[96, 128]] * 2
 
 
-@pytest.mark.parametrize("case", ["size", "source", "row"])
+@pytest.mark.parametrize("case", ["size", "source", "row", "streams"])
 def test_bench_bad_input_one_line(case, clip, tmp_path):
     args = ["--model", "msnet_effl0", "--source", str(clip), "--backends", "ort-fp32", "--work-dir", str(tmp_path)]
     if case == "size":
@@ -58,9 +61,12 @@ def test_bench_bad_input_one_line(case, clip, tmp_path):
     elif case == "source":
         args[3] = str(tmp_path / "nope")
         want = "does not exist"
-    else:
-        args[5] = "ort-int9"
+    elif case == "row":
+        args[5] = "naive,ort-int9"  # refused before the naive loop spends minutes
         want = "unknown backend row 'ort-int9'"
+    else:
+        args[5] = "openvino-int8@two"
+        want = "--streams must be 'auto' or a positive integer"
     r = _bench(*args, timeout=300)
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.strip().splitlines()
