@@ -374,4 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from runtime.errors import cli_warnings
+
+    cli_warnings()
     raise SystemExit(main())

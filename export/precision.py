@@ -22,8 +22,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -237,21 +240,22 @@ def quantize_int8(
     reader = None if hit else _Reader(input_name, frames, progress)
     if reader is not None:
         extra["CalibStridedMinMax"] = reader.chunk()  # despite the name: chunked collection for every method
-    quantize_static(
-        str(fp32_path),
-        str(out_path),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=_ort_int8_ops() if full_graph else list(WEIGHTED_OPS),
-        per_channel=True,
-        reduce_range=False,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude_nodes) + (head_nodes(onnx.load(str(fp32_path))) if full_graph else []),
-        calibrate_method=methods[method],
-        extra_options=extra,
-        calibration_cache_path=str(cache),
-    )
+    with _quiet_onnxruntime_quantizer():
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=_ort_int8_ops() if full_graph else list(WEIGHTED_OPS),
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude_nodes) + (head_nodes(onnx.load(str(fp32_path))) if full_graph else []),
+            calibrate_method=methods[method],
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
     qm = onnx.load(str(out_path))
     counts = Counter(n.op_type for n in qm.graph.node)
     return {
@@ -263,6 +267,23 @@ def quantize_int8(
         "dequantize_linear": counts.get("DequantizeLinear", 0),
         "quantized_convs": _quantized_weighted_ops(qm),
     }
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime_quantizer():
+    """ONNX Runtime's quantiser prints its calibration steps to stdout and logs a pre-processing hint on the root
+    logger at every call; our own progress and summary lines say what happened."""
+    class _Hint(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing" not in record.getMessage()
+
+    hint, root = _Hint(), logging.getLogger()
+    root.addFilter(hint)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(hint)
 
 
 def _ort_int8_ops() -> list[str]:

@@ -13,3 +13,11 @@ class BackendUnavailableError(RuntimeError):
 
 class EngineError(RuntimeError):
     """A TensorRT engine that cannot run here (built for another GPU or TensorRT version, missing plugins)."""
+
+
+def cli_warnings() -> None:
+    """Command-line entry points: a warning prints as one ``warning: …`` line (no source line echoed), each once."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"  # noqa: ARG005
+    warnings.simplefilter("once", UserWarning)

@@ -27,6 +27,7 @@ is available as :func:`toolbox_dice` and is reported separately, labelled, never
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import numpy as np
@@ -67,7 +68,9 @@ class SegMetrics:
 
     def __init__(self) -> None:
         self._mae = sod.MAE()
-        self._fm = sod.Fmeasure()
+        with warnings.catch_warnings():  # py_sod_metrics announces a future rename of Fmeasure on every instance
+            warnings.filterwarnings("ignore", message="This class will be removed")
+            self._fm = sod.Fmeasure()
         self._wfm = sod.WeightedFmeasure(beta=1)
         self._sm = sod.Smeasure(alpha=0.5)
         self._em = sod.Emeasure()
