@@ -57,12 +57,15 @@ FP32_OP_TYPES = (
 FP16_DATA_MAX = 2048.0  # a node whose float32 output exceeds this on real frames stays float32
 INT8_FLAVOURS = ("qdq-s8", "qdq-u8")
 #: bumped when a flavour's graph changes, so that caches keyed on it (demos.live) re-export
-INT8_REVISION = {"qdq-s8": 1, "qdq-u8": 2}
+# bumped whenever our Q/DQ placement changes (r3: every logit map of a multi-head sum stays float)
+INT8_REVISION = {"qdq-s8": 1, "qdq-u8": 3}
 
 
 def flavour_tag(flavour: str) -> str:
-    """``qdq-u8`` → ``qdq-u8r2``: the flavour and its graph revision, for cache file names."""
+    """``qdq-u8`` → ``qdq-u8r3``: the flavour and its graph revision, for cache file names."""
     return f"{flavour}r{INT8_REVISION[flavour]}" if flavour else ""
+
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -220,7 +223,11 @@ def quantize_int8(
     if method not in methods:
         raise ExportError(f"unknown calibration method {method!r}; valid: {', '.join(methods)}")
     full_graph = flavour == "qdq-u8"  # every op ONNX Runtime can run in int8, not just the weighted ones
-    key = calibration_key(fp32_path.read_bytes(), frame_ids, method + ("|all-ops" if full_graph else ""))
+    import onnxruntime
+
+    # the quantised tensors follow ONNX Runtime's op registry (full graph): its version is part of the key
+    key = calibration_key(fp32_path.read_bytes(), frame_ids,
+                          method + (f"|all-ops|ort{onnxruntime.__version__}" if full_graph else ""))
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"calib-{key}.json"
     hit = cache.is_file()
@@ -296,20 +303,31 @@ def _ort_int8_ops() -> list[str]:
     return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"Resize"})
 
 
+# ops whose every input is data (a head that sums or concatenates several logit maps); other ops: input 0 only
+_ALL_DATA_INPUTS = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "Concat"}
+
+
 def head_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes from each graph output back to (and including) the first weighted op: the logit head.
+    """Names of the nodes from each graph output back to (and including) the weighted ops that produce the logits:
+    the logit head. Every data input is followed (msga sums four upsampled logit maps), shape computations and
+    constants are not.
 
     The full-graph flavour keeps them in float, so the logits the threshold is taken on are not rounded to 256
-    levels (a 64→1 convolution and the final upsampling: negligible time)."""
+    levels (a few 64→1 convolutions and the final upsampling: negligible time)."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    out = []
-    for o in model.graph.output:
-        n = producers.get(o.name)
-        while n is not None:
-            out.append(n.name)
-            if n.op_type in WEIGHTED_OPS or not n.input:
-                break
-            n = producers.get(n.input[0])
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [producers.get(o.name) for o in model.graph.output]
+    while todo:
+        n = todo.pop()
+        if n is None or n.name in seen or n.op_type in ("Shape", "Constant"):
+            continue
+        seen.add(n.name)
+        out.append(n.name)
+        if n.op_type in WEIGHTED_OPS:
+            continue
+        inputs = n.input if n.op_type in _ALL_DATA_INPUTS else n.input[:1]
+        todo.extend(producers.get(i) for i in inputs if i)
     return out
 
 

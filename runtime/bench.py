@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise RuntimeInputError(f"unknown backend row {name!r}; valid: naive, torch, {', '.join(ROWS)} "
                                     f"(optionally with @STREAMS, e.g. openvino-int8@2)")
         if at:
-            parse_streams(row_streams)
+            n = parse_streams(row_streams)
+            if ROWS.get(row_name, ("",))[0] == "trt" and n != 1:
+                raise RuntimeInputError(f"{name!r}: the TensorRT rows run one stream (drop the @{row_streams})")
     model, src_info = load_for_export(args.model, args.checkpoint)
     spec = model.spec
     sizes = [tuple(int(v) for v in hw) for hw in (args.input_size or [spec.input_hw])]
@@ -183,7 +185,8 @@ def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict
         else:
             row_name, _, row_streams = name.partition("@")
             kind, prec, flav = ROWS[row_name]
-            streams = parse_streams(row_streams) if row_streams else args.streams
+            # --streams is for the CPU backends; a TensorRT row runs one stream (ROW@N overrides per row)
+            streams = parse_streams(row_streams) if row_streams else (1 if kind == "trt" else args.streams)
             path = work / (f"{args.model}-{hw[0]}x{hw[1]}-{prec}{'-' + flavour_tag(flav) if flav else ''}"
                            f"-{ckpt_tag}.onnx")
             if not path.is_file():
@@ -205,6 +208,8 @@ def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict
                **pipeline_fps(be, man), **accuracy(be, man)}
         rows.append(row)
         print(_fmt(row), flush=True)
+        if be is not torch_be:
+            be.close()
     base = next((r["fps"] for r in rows if r["backend"] == "naive"), None)
     for r in rows:
         r["speedup_vs_naive"] = r["fps"] / base if base else None

@@ -202,7 +202,10 @@ class Pipeline:
         # is the moment the frame could enter the pipeline (as a camera frame would), not a read-ahead that sits in
         # a queue: end-to-end latency then measures the pipeline, not a backlog
         n_workers = max(1, int(getattr(self.proc, "n_lanes", 1)))
-        slots = threading.Semaphore(max(self.queue_size, n_workers))
+        # with several streams a frame keeps its slot until it is shown (ordered sources), so a stalled stream
+        # cannot let finished frames pile up in the reorder buffer: at most 2 × streams frames are in flight
+        release_at_render = not live and n_workers > 1
+        slots = threading.Semaphore(2 * n_workers if release_at_render else max(self.queue_size, n_workers))
         workers_left = [n_workers]
         workers_lock = threading.Lock()
         late = [0]
@@ -262,7 +265,7 @@ class Pipeline:
                     t1 = time.perf_counter()
                     logits = self.proc.infer(x, *lane_args)
                     t2 = time.perf_counter()
-                    if not live:
+                    if not live and not release_at_render:
                         slots.release()
                     self.stats["preprocess"].append((t1 - t0) * 1e3)
                     self.stats["infer"].append((t2 - t1) * 1e3)
@@ -279,6 +282,8 @@ class Pipeline:
                     put(out_q, _END)
 
         def render(item) -> None:
+            if release_at_render:
+                slots.release()
             idx, frame, logits, t_cap = item
             t0 = time.perf_counter()
             fg = self.proc.render(frame, logits)

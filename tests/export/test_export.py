@@ -183,6 +183,27 @@ def test_untrained_weights_are_the_same_in_every_process():
     assert torch.equal(torch.rand(3), before), "load_for_export must not move the caller's RNG"
 
 
+def test_logit_head_of_a_multi_map_sum_stays_float(tmp_path):
+    """msga sums four upsampled logit maps: all four prediction convolutions belong to the float head, not one."""
+    import warnings
+
+    import onnx
+
+    from export.onnx import export_onnx
+    from export.precision import head_nodes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx("msga", tmp_path / "g.onnx", input_hw=(64, 64), precision="fp32", progress=False,
+                    log=lambda *a: None)
+    m = onnx.load(str(tmp_path / "g.onnx"))
+    head = set(head_nodes(m))
+    ops = {n.name: n.op_type for n in m.graph.node}
+    convs = sorted(n for n in head if ops[n] == "Conv")
+    assert len(convs) == 4 and all("predict" in n for n in convs), convs
+    assert not any(ops[n] in ("Shape", "Constant") for n in head)
+
+
 def test_lint_rejects_what_tensorrt_rejects():
     assert lint_qdq_for_tensorrt(_qdq_graph(np.int8(0), 0.1)) == []
     assert any("non-zero zero point" in p for p in lint_qdq_for_tensorrt(_qdq_graph(np.int8(3), 0.1)))

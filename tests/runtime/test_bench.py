@@ -52,7 +52,7 @@ def test_bench_side_by_side_rows_on_a_real_clip(clip, data_dir, tmp_path):
     assert sorted(Manifest.load(p).input_hw for p in work.glob("*.onnx")) == [[64, 64]] * 2 + [[96, 128]] * 2
 
 
-@pytest.mark.parametrize("case", ["size", "source", "row", "streams"])
+@pytest.mark.parametrize("case", ["size", "source", "row", "streams", "trt-streams"])
 def test_bench_bad_input_one_line(case, clip, tmp_path):
     args = ["--model", "msnet_effl0", "--source", str(clip), "--backends", "ort-fp32", "--work-dir", str(tmp_path)]
     if case == "size":
@@ -64,11 +64,26 @@ def test_bench_bad_input_one_line(case, clip, tmp_path):
     elif case == "row":
         args[5] = "naive,ort-int9"  # refused before the naive loop spends minutes
         want = "unknown backend row 'ort-int9'"
-    else:
+    elif case == "streams":
         args[5] = "openvino-int8@two"
         want = "--streams must be 'auto' or a positive integer"
+    else:
+        args[5] = "naive,trt-fp16@2"
+        want = "the TensorRT rows run one stream"
     r = _bench(*args, timeout=300)
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.strip().splitlines()
     assert want in err[-1] and err[-1].startswith("error:"), r.stderr
     assert not any(line.startswith("Traceback") for line in err), r.stderr
+
+
+def test_streams_option_leaves_tensorrt_rows_alone(clip, tmp_path):
+    """--streams 2 is for the CPU rows: without a GPU the TensorRT row is skipped, the run still succeeds."""
+    out = tmp_path / "b.json"
+    r = _bench("--model", "msnet_effl0", "--input-size", "64", "64", "--source", str(clip), "--backends",
+               "ort-fp32,trt-fp16", "--streams", "2", "--rounds", "2", "--pipeline-frames", "6", "--accuracy-frames",
+               "4", "--work-dir", str(tmp_path / "w"), "--json", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [x["backend"] for x in rows] == ["ort-fp32"] and rows[0]["streams"] == 2
+    assert "trt-fp16: skipped" in r.stderr

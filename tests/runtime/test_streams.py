@@ -76,7 +76,45 @@ def test_live_source_with_two_streams_never_goes_back_in_time(onnx_model, clip):
     rep = Pipeline(_Camera(_frames(clip, 5), 150), proc, [lambda f, i: seen.append(i["frame"])]).run()
     assert not rep.error and rep.frames >= 3
     assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
-    assert rep.frames + rep.dropped <= 150 and rep.dropped > 0
+    assert rep.frames + rep.dropped == 150 and rep.dropped > 0, "every captured frame is shown or counted dropped"
+
+
+class _Counting(Source):
+    """An ordered source that records, at each read, how many frames were read but not yet shown."""
+    live = False
+    name = "counting folder"
+
+    def __init__(self, inner, shown):
+        self.inner, self.shown, self.reads, self.in_flight = inner, shown, 0, []
+
+    def read(self):
+        f = self.inner.read()
+        if f is not None:
+            self.reads += 1
+            self.in_flight.append(self.reads - len(self.shown))
+        return f
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_stalled_stream_does_not_pile_frames_up(onnx_model, clip):
+    """Ordered source, two streams, one stalls for 1 s: the other may not run ahead and fill the reorder buffer."""
+    proc = FrameProcessor(create_backend("ort", onnx_model, threads=2, streams=2).open(), Manifest.load(onnx_model))
+    runs, calls = proc._runs, [0]
+
+    def stalling(x):
+        calls[0] += 1
+        if calls[0] == 3:
+            time.sleep(1.0)
+        return runs[0](x)
+
+    proc._runs = [stalling, runs[1]]
+    shown: list[int] = []
+    src = _Counting(open_source(str(clip)), shown)
+    rep = Pipeline(src, proc, [lambda f, i: shown.append(i["frame"])]).run()
+    assert not rep.error and shown == list(range(1, 26))
+    assert max(src.in_flight) <= 5, src.in_flight  # 2 × streams, + the frame being shown
 
 
 def test_openvino_lanes_run_concurrently_and_match_one_request(onnx_model, clip):
