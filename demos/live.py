@@ -50,7 +50,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     try:
         from export.errors import ExportError
         from export.onnx import export_onnx
-        from export.precision import flavour_tag
+        from export.precision import flavour_tag, settings_tag
         from training import get_spec
         from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
     except ImportError as e:
@@ -73,7 +73,9 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     h, w = (int(v) for v in (args.input_size or spec.input_hw))
     if h % spec.size_divisor or w % spec.size_divisor:
         raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, got {h}x{w}")
-    int8 = f"-{flavour_tag(flavour)}" if args.precision == "int8" else ""
+    int8 = ""
+    if args.precision == "int8":  # calibration settings are part of the cache key
+        int8 = f"-{flavour_tag(flavour)}-c{settings_tag(data=args.calib_data, count=args.calib_count)}"
     name = f"{args.model}-{h}x{w}-{args.precision}{int8}-{tag}.onnx"
     path = CACHE / "onnx" / name
     if not path.is_file():

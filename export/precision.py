@@ -42,6 +42,7 @@ __all__ = [
     "INT8_FLAVOURS",
     "INT8_REVISION",
     "flavour_tag",
+    "settings_tag",
     "activation_ranges",
     "lint_qdq_for_tensorrt",
     "quantize_int8",
@@ -64,6 +65,13 @@ INT8_REVISION = {"qdq-s8": 1, "qdq-u8": 3}
 def flavour_tag(flavour: str) -> str:
     """``qdq-u8`` → ``qdq-u8r3``: the flavour and its graph revision, for cache file names."""
     return f"{flavour}r{INT8_REVISION[flavour]}" if flavour else ""
+
+
+def settings_tag(**settings) -> str:
+    """Short stable hash of export settings (calibration data, count, method …) for cache file names: exports made
+    with other settings never share a cache entry."""
+    blob = json.dumps({k: (str(v) if v is not None else None) for k, v in sorted(settings.items())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -106,7 +106,7 @@ def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict
     """All rows at one network input size; ``speedup_vs_naive`` against the naive loop at that size."""
     from export.compare import TorchBackend
     from export.onnx import export_onnx
-    from export.precision import flavour_tag
+    from export.precision import flavour_tag, settings_tag
     from training.metrics import SegMetrics
 
     sources = list(frames)
@@ -187,8 +187,10 @@ def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict
             kind, prec, flav = ROWS[row_name]
             # --streams is for the CPU backends; a TensorRT row runs one stream (ROW@N overrides per row)
             streams = parse_streams(row_streams) if row_streams else (1 if kind == "trt" else args.streams)
+            calib = ("-c" + settings_tag(data=args.calib_data, split=args.calib_split, count=args.calib_count)
+                     if prec == "int8" else "")
             path = work / (f"{args.model}-{hw[0]}x{hw[1]}-{prec}{'-' + flavour_tag(flav) if flav else ''}"
-                           f"-{ckpt_tag}.onnx")
+                           f"-{ckpt_tag}{calib}.onnx")
             if not path.is_file():
                 print(f"exporting {path.name} …", file=sys.stderr, flush=True)
                 export_onnx(args.model, path, checkpoint=args.checkpoint, precision=prec, int8_flavour=flav or "qdq-s8",
