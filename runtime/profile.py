@@ -122,6 +122,10 @@ def _dense_conv_model(path: Path, int8: bool, c: int = 256, hw: int = 56, n: int
         nodes += [helper.make_node("Conv", [xin, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         prev = f"r{i}"
+    if int8:  # quantise the last output too, or ONNX Runtime runs the last convolution as a float FusedConv
+        nodes += [helper.make_node("QuantizeLinear", [prev, "sa", "za"], ["qout"]),
+                  helper.make_node("DequantizeLinear", ["qout", "sa", "za"], ["out"])]
+        prev = "out"
     graph = helper.make_graph(nodes, "dense_conv",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
                               [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, c, hw, hw])], inits)
@@ -191,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = Path(args.model)
     try:
+        if args.rounds < 1:
+            raise RuntimeInputError(f"--rounds must be at least 1, got {args.rounds}")
         if not path.is_file():
             raise RuntimeInputError(f"model file {str(path)!r} does not exist")
         if path.suffix != ".onnx":

@@ -92,7 +92,7 @@ def parse_streams(text: str | int) -> int | str:
     if str(text) == "auto":
         return "auto"
     try:
-        n = int(text)
+        n = int(str(text))  # "2.5" is refused, not truncated
     except ValueError:
         n = 0
     if n < 1:

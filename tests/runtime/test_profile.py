@@ -58,3 +58,13 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     eng.write_bytes(b"x")
     assert main([str(eng)]) == 1
     assert "trtexec" in capsys.readouterr().err
+
+
+def test_int8_reference_runs_every_convolution_in_int8_on_onnx_runtime(tmp_path):
+    """The best-case reference must not include a float convolution (an unquantised last output made ONNX Runtime
+    run the last one as FusedConv, 3× slower, skewing the reference rate)."""
+    from runtime.profile import _dense_conv_model, profile_model
+
+    _dense_conv_model(tmp_path / "d.onnx", True, c=64, hw=28)
+    types = [r["type"] for r in profile_model(tmp_path / "d.onnx", "ort", 1, rounds=2)["layers"]]
+    assert types.count("QLinearConv") == 4 and not any(t in ("Conv", "FusedConv") for t in types), types
