@@ -124,8 +124,12 @@ def test_u8_graph_runs_int8_kernels_on_onnx_runtime(exported, tmp_path):
     assert counts["u8"]["QLinearConv"] >= 0.9 * n_conv, counts["u8"]
     assert counts["u8"]["QLinearConv"] > 2 * counts["s8"]["QLinearConv"], (counts["u8"], counts["s8"])
     assert mu8.parity["ort"]["dice_vs_torch"] > 0.9
-    if "openvino" in mu8.parity:  # the CPU default graph runs on OpenVINO too
-        assert mu8.parity["openvino"]["dice_vs_torch"] > 0.9
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return
+    # the CPU default graph runs on OpenVINO too: with OpenVINO installed its parity must be recorded
+    assert mu8.parity["openvino"]["dice_vs_torch"] > 0.9
 
 
 def test_calibration_cache_makes_reexport_skip_calibration(exported, calib, ckpt):
