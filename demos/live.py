@@ -49,8 +49,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
         return p
     try:
         from export.errors import ExportError
-        from export.onnx import export_onnx
-        from export.precision import flavour_tag, settings_tag
+        from export.onnx import cache_name, check_input_size, export_onnx
         from training import get_spec
         from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
     except ImportError as e:
@@ -67,16 +66,10 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     # TensorRT takes the symmetric graph; the CPU backends run the full-graph uint8 one fastest
     flavour = "qdq-s8" if backend == "trt" else "qdq-u8"
     try:
-        spec = get_spec(args.model)
-    except Exception as e:  # noqa: BLE001 - unknown model name
+        h, w = check_input_size(args.model, get_spec(args.model), args.input_size)
+    except Exception as e:  # noqa: BLE001 - unknown model name, or a size the network cannot take
         raise RuntimeInputError(str(e).strip("'\"")) from None
-    h, w = (int(v) for v in (args.input_size or spec.input_hw))
-    if h % spec.size_divisor or w % spec.size_divisor:
-        raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, got {h}x{w}")
-    int8 = ""
-    if args.precision == "int8":  # calibration settings are part of the cache key
-        int8 = f"-{flavour_tag(flavour)}-c{settings_tag(data=args.calib_data, count=args.calib_count)}"
-    name = f"{args.model}-{h}x{w}-{args.precision}{int8}-{tag}.onnx"
+    name = cache_name(args.model, (h, w), args.precision, flavour, tag, data=args.calib_data, count=args.calib_count)
     path = CACHE / "onnx" / name
     if not path.is_file():
         print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)
@@ -197,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.outputs["serve"] = server.url
         server.close()
     report.model = {"name": manifest.model, "precision": manifest.precision, "flavour": manifest.quant_flavour,
-                    "input_hw": list(manifest.input_hw), "file": str(model_path), "backend": backend.name, "streams": backend.streams,
-                    "fast_path": processor.fast}
+                    "input_hw": list(manifest.input_hw), "file": str(model_path), "backend": backend.name,
+                    "streams": backend.streams, "fast_path": processor.fast}
     if args.report:
         write_json_atomic(args.report, report.__dict__)
         report.outputs["report"] = args.report

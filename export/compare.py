@@ -32,8 +32,7 @@ from runtime.manifest import write_json_atomic
 from runtime.preprocess import preprocess_reference
 
 from .errors import ExportError
-from .onnx import export_onnx, load_for_export
-from .precision import flavour_tag, settings_tag
+from .onnx import cache_name, export_onnx, load_for_export
 
 __all__ = ["TorchBackend", "compare", "main"]
 
@@ -129,17 +128,14 @@ def compare(
                                    "nonfinite": 0, **score(ref)}]
     work = Path(work_dir)
     # cache key: model, size, weights, and for INT8 every calibration setting (a stale graph is never reused)
-    tag = f"{model_name}-{hw[0]}x{hw[1]}-{(src.get('checkpoint_sha256') or '')[:12] or 'untrained'}"
+    weights = (src.get("checkpoint_sha256") or "")[:12] or "untrained"
     calib_kw = {}
     if src["train_config"].get("data") is None:
         calib_kw = {"calib_data": data, "calib_split": split}
     for precision in precisions:
         for flavour, backend, label in _rows_for(precision):
-            calib = ""
-            if precision == "int8":
-                calib = "-c" + settings_tag(method=calib_method, count=calib_count,
-                                            exclude=sorted(exclude_nodes or ()), **calib_kw)
-            path = work / f"{tag}-{precision}{'-' + flavour_tag(flavour) if flavour else ''}{calib}.onnx"
+            path = work / cache_name(model_name, hw, precision, flavour, weights, method=calib_method,
+                                     count=calib_count, exclude=sorted(exclude_nodes or ()), **calib_kw)
             if not path.is_file():
                 export_onnx(model_name, path, checkpoint=checkpoint, precision=precision, input_hw=hw,
                             int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,

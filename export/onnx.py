@@ -30,7 +30,8 @@ from runtime.manifest import Manifest, manifest_path, sha256_file
 
 from .errors import ExportError
 
-__all__ = ["build_parser", "collect_frames", "export_onnx", "load_for_export", "main"]
+__all__ = ["build_parser", "cache_name", "check_input_size", "collect_frames", "export_onnx", "load_for_export",
+           "main"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 17
@@ -40,6 +41,23 @@ TOOLKIT_VERSION = "0.1.0"
 
 
 # --------------------------------------------------------------------------------------------- inputs
+def check_input_size(name: str, spec: Any, input_hw: Sequence[int] | None) -> tuple[int, int]:
+    """``input_hw`` (default: the model's) as ``(h, w)``, or a one-line error when the network cannot take it."""
+    h, w = (int(v) for v in (input_hw or spec.input_hw))
+    if h % spec.size_divisor or w % spec.size_divisor:
+        raise ExportError(f"--input-size must be multiples of {spec.size_divisor} for {name}, got {h}x{w}")
+    return h, w
+
+
+def cache_name(model: str, hw: Sequence[int], precision: str, flavour: str, weights: str, **calibration: Any) -> str:
+    """File name of a cached export: model, input size, precision, for INT8 the flavour revision and a hash of the
+    calibration settings, and the weights (checkpoint hash or ``untrained``), so that no stale graph is reused."""
+    from .precision import flavour_tag, settings_tag
+
+    int8 = f"-{flavour_tag(flavour)}-c{settings_tag(**calibration)}" if precision == "int8" else ""
+    return f"{model}-{hw[0]}x{hw[1]}-{precision}{int8}-{weights}.onnx"
+
+
 def load_for_export(name: str, checkpoint: str | None) -> tuple[Any, dict[str, Any]]:
     """Model in eval mode (M2SNet in box-sum form) and a description of its source checkpoint."""
     import torch
@@ -206,9 +224,7 @@ def export_onnx(
     model, src = load_for_export(name, checkpoint)
     spec = model.spec
     calib_method = calib_method or spec.int8_calibration
-    hw = [int(v) for v in (input_hw or spec.input_hw)]
-    if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
-        raise ExportError(f"--input-size must be multiples of {spec.size_divisor}, got {hw[0]}x{hw[1]}")
+    hw = list(check_input_size(name, spec, input_hw))
 
     # calibration / parity frames: --calib-data, else the training data recorded in the checkpoint
     tc = src["train_config"]

@@ -72,7 +72,7 @@ def _frames(src: str, limit: int) -> list[np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from export.onnx import load_for_export
+    from export.onnx import check_input_size, load_for_export
 
     for name in args.backends:  # every row name is checked before anything runs
         row_name, at, row_streams = name.partition("@")
@@ -85,11 +85,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 raise RuntimeInputError(f"{name!r}: the TensorRT rows run one stream (drop the @{row_streams})")
     model, src_info = load_for_export(args.model, args.checkpoint)
     spec = model.spec
-    sizes = [tuple(int(v) for v in hw) for hw in (args.input_size or [spec.input_hw])]
-    for hw in sizes:
-        if hw[0] % spec.size_divisor or hw[1] % spec.size_divisor:
-            raise RuntimeInputError(f"--input-size must be multiples of {spec.size_divisor} for {args.model}, "
-                                    f"got {hw[0]}x{hw[1]}")
+    sizes = [check_input_size(args.model, spec, hw) for hw in (args.input_size or [None])]
     # exports are cached per model, input size, precision/flavour and checkpoint (a new checkpoint re-exports)
     ckpt_tag = (src_info.get("checkpoint_sha256") or "")[:12] or "untrained"
     sources = list(args.source)
@@ -105,8 +101,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict[str, Any]]:
     """All rows at one network input size; ``speedup_vs_naive`` against the naive loop at that size."""
     from export.compare import TorchBackend
-    from export.onnx import export_onnx
-    from export.precision import flavour_tag, settings_tag
+    from export.onnx import cache_name, export_onnx
     from training.metrics import SegMetrics
 
     sources = list(frames)
@@ -187,10 +182,8 @@ def _run_size(args, model, spec, hw, ckpt_tag, frames, masks, work) -> list[dict
             kind, prec, flav = ROWS[row_name]
             # --streams is for the CPU backends; a TensorRT row runs one stream (ROW@N overrides per row)
             streams = parse_streams(row_streams) if row_streams else (1 if kind == "trt" else args.streams)
-            calib = ("-c" + settings_tag(data=args.calib_data, split=args.calib_split, count=args.calib_count)
-                     if prec == "int8" else "")
-            path = work / (f"{args.model}-{hw[0]}x{hw[1]}-{prec}{'-' + flavour_tag(flav) if flav else ''}"
-                           f"-{ckpt_tag}{calib}.onnx")
+            path = work / cache_name(args.model, hw, prec, flav, ckpt_tag, data=args.calib_data,
+                                     split=args.calib_split, count=args.calib_count)
             if not path.is_file():
                 print(f"exporting {path.name} …", file=sys.stderr, flush=True)
                 export_onnx(args.model, path, checkpoint=args.checkpoint, precision=prec, int8_flavour=flav or "qdq-s8",
