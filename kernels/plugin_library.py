@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["LIBRARY_NAME", "PLUGINS", "PLUGIN_FIELD_TYPES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION",
-           "find_plugin_library", "plugin_library_hash"]
+           "find_plugin_library", "plugin_library_hash", "tensorrt_header_version", "tensorrt_include_dir"]
 
 LIBRARY_NAME = "libpolypseg_trt_plugins.so"
 PLUGIN_NAMESPACE = "polypseg"
@@ -38,6 +38,37 @@ PLUGIN_FIELD_TYPES: dict[str, dict[str, str]] = {
 }
 
 _REPO = Path(__file__).resolve().parent.parent
+# TensorRT's public headers kept beside the checkout (never in it) for machines without a TensorRT install: 10.3 is
+# JetPack 6 (Jetson Orin), 11.1 the current generation. kernels/CMakeLists.txt falls back to the 11.1 ones too.
+SHARED_HEADERS = _REPO.parent / "shared" / "third_party" / "tensorrt"
+
+
+def tensorrt_include_dir(version: str | None = None) -> Path | None:
+    """A TensorRT include directory (with ``NvInferRuntime.h``), or None.
+
+    ``version=None``: ``$TENSORRT_INCLUDE_DIR`` when set, else the shared 11.1 headers — the same choice as the
+    CMake build. ``version="10.3"`` / ``"11.1"``: that generation's shared headers (compile checks of both)."""
+    if version is None:
+        env = os.environ.get("TENSORRT_INCLUDE_DIR")
+        if env:
+            return Path(env) if (Path(env) / "NvInferRuntime.h").is_file() else None
+        version = "11.1"
+    d = SHARED_HEADERS / version / "include"
+    return d if (d / "NvInferRuntime.h").is_file() else None
+
+
+def tensorrt_header_version(include_dir: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """(major, minor, patch) from ``NvInferVersion.h`` (TensorRT 11 spells them ``TRT_*_ENTERPRISE``)."""
+    import re
+
+    text = (Path(include_dir) / "NvInferVersion.h").read_text(errors="replace")
+    parts = []
+    for part in ("MAJOR", "MINOR", "PATCH"):
+        m = re.search(rf"#define\s+(?:TRT_{part}_ENTERPRISE|NV_TENSORRT_{part})\s+(\d+)", text)
+        if m is None:
+            return None
+        parts.append(int(m.group(1)))
+    return parts[0], parts[1], parts[2]
 
 
 def _package_dirs() -> list[Path]:
