@@ -162,10 +162,10 @@ def compare(
 
 def _engine_for(onnx_path: Path) -> Path | None:
     """A TensorRT engine of ``onnx_path`` (built once, cached), or None without a GPU and TensorRT."""
-    from .trt import _why_no_engine, build_engine
+    from .trt import build_engine, why_no_engine
     from runtime.manifest import Manifest
 
-    if _why_no_engine():
+    if why_no_engine():
         return None
     engine = onnx_path.with_suffix(".engine")
     if not engine.is_file():

@@ -1,16 +1,28 @@
-"""ONNX → TensorRT engine for TensorRT 10 (Jetson Orin, JetPack 6) and 11: precision comes from the graph.
+"""ONNX → TensorRT engine, for TensorRT 10 (Jetson Orin, JetPack 6), TensorRT 11 and TensorRT-RTX: precision comes
+from the graph.
 
 Usage::
 
     python -m export.trt --model msnet --fp16 [--checkpoint CKPT] [--out msnet-fp16.engine] [--plugins]
+    python -m export.trt --model msnet_effl0 --fp16 --target rtx --out effl0-fp16-rtx.engine   # any machine
 
 Runs the ONNX steps of :mod:`export.onnx` for the requested precision (FP16 mixed-precision graph, or explicit
-Q/DQ INT8 calibrated on real frames), then builds a strongly typed engine with the TensorRT Python API: no
-precision builder flags and no calibrators (TensorRT 11 has neither), a persistent timing cache, and an engine
-cache keyed on ONNX hash + plugin library hash + TensorRT version + GPU compute capability + precision + shapes.
+Q/DQ INT8 calibrated on real frames), then builds a strongly typed engine: no precision builder flags and no
+calibrators (TensorRT 11 has neither), a persistent timing cache, and an engine cache keyed on everything that
+changes the plan (graph, weights, calibration, plugin library, TensorRT flavour and exact version, target GPU,
+shapes, workspace). Every engine gets a manifest with its provenance (:func:`engine_provenance`), which the
+runtime compares with the machine before it deserialises anything (:mod:`runtime.engine_check`).
+
+Targets:
+
+* ``tensorrt`` (default): TensorRT 10/11 on the GPU it will run on (an engine is specific to one GPU model and one
+  TensorRT build). Needs a CUDA device: a TensorRT Builder without one crashes the process, so none is created.
+* ``rtx``: TensorRT-RTX (``pip install tensorrt-rtx-cu13``), for RTX workstations. It builds ahead of time on any
+  machine, CPU-only included; the engine runs on the RTX GPU generations TensorRT-RTX supports. TensorRT-RTX has no
+  plugin layers, so deploy graphs (``--plugins``) are TensorRT-only.
 
 Exit status: 0 = engine built (or taken from the cache); 3 = ONNX written but no engine, because this machine has
-no CUDA device or no TensorRT (the message says what was written and how to build on the target); 1 = error.
+no CUDA device or no TensorRT (the message says why, what was written and how to build on the target); 1 = error.
 """
 
 from __future__ import annotations
@@ -19,124 +31,268 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
+import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from runtime.errors import BackendUnavailableError
-from runtime.manifest import Manifest, manifest_path, sha256_file
+from runtime.backends.tensorrt import load_plugin_libraries
+from runtime.errors import BackendUnavailableError, EngineError
+from runtime.manifest import Manifest, manifest_path, sha256_file, write_json_atomic
 
 from .errors import ExportError
 from .onnx import add_args, export_onnx
 
-__all__ = ["EXIT_NO_ENGINE", "build_engine", "engine_cache_key", "main"]
+__all__ = ["EXIT_NO_ENGINE", "TARGETS", "BuildTarget", "build_engine", "engine_cache_key", "engine_provenance",
+           "load_plugin_libraries", "main", "resolve_target", "why_no_engine"]
 
 EXIT_NO_ENGINE = 3
 CACHE_DIR = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
+#: bumped when this module changes how a plan is built (invalidates cached engines)
+BUILDER_REVISION = 2
+#: --target → (flavour recorded in manifests, Python module, product name, pip package)
+TARGETS: dict[str, tuple[str, str, str, str]] = {
+    "tensorrt": ("tensorrt", "tensorrt", "TensorRT", "tensorrt (JetPack ships it on Jetson)"),
+    "rtx": ("tensorrt-rtx", "tensorrt_rtx", "TensorRT-RTX", "tensorrt-rtx-cu13"),
+}
+#: compute capabilities TensorRT-RTX can target ahead of time ("8.9" → ComputeCapability.SM89)
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
 
-def engine_cache_key(onnx_sha: str, plugin_sha: str, trt_version: str, cc: str, precision: str, shapes: str) -> str:
-    blob = json.dumps([onnx_sha, plugin_sha, trt_version, cc, precision, shapes]).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+# --------------------------------------------------------------------------------------------- target
+@dataclass(frozen=True)
+class BuildTarget:
+    """What an engine is built with and for."""
+
+    name: str  # --target
+    flavour: str  # "tensorrt" | "tensorrt-rtx"
+    trt: Any  # the imported tensorrt / tensorrt_rtx module
+    version: str
+    compute_capability: str  # "8.7", or "any" (TensorRT-RTX ahead of time, no GPU needed)
+    gpu: str
+    cuda_version: str
 
 
-def _why_no_engine() -> str | None:
-    """None when an engine can be built here, else the reason (checked without touching TensorRT's runtime)."""
-    from runtime.cuda import cuda_device_count
-
-    if cuda_device_count() == 0:
-        return "no CUDA device on this machine"
+def _import_flavour(target: str) -> Any:
+    flavour, module, product, package = TARGETS[target]
     try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return f"TensorRT is not importable ({type(e).__name__})"
+        return __import__(module)
+    except Exception as e:  # noqa: BLE001 - ImportError, or a missing libnvinfer behind the bindings
+        raise BackendUnavailableError(f"{product} is not importable here ({type(e).__name__}: {e}); install "
+                                      f"{package}") from None
+
+
+def why_no_engine(target: str = "tensorrt") -> str | None:
+    """None when an engine for ``target`` can be built here, else the reason (checked without touching TensorRT's
+    runtime or builder)."""
+    if target not in TARGETS:
+        return f"unknown target {target!r} (valid: {', '.join(TARGETS)})"
+    if TARGETS[target][0] == "tensorrt":
+        from runtime.cuda import device_status
+
+        n, why = device_status()
+        if n == 0:
+            return f"no CUDA device ({why})"
+    try:
+        _import_flavour(target)
+    except BackendUnavailableError as e:
+        return str(e)
     return None
 
 
-def build_engine(
-    onnx_path: Path, out: Path, manifest: Manifest, plugin_libs: Sequence[str] = (), workspace_mb: int = 1024, log=print
-) -> Path:
-    """Build (or fetch from the cache) a strongly typed engine for ``onnx_path``; writes ``out`` and its manifest."""
-    from runtime.cuda import compute_capability, device_name, require_device
+def _cuda_version_of(trt: Any) -> str:
+    """CUDA major version the TensorRT package was built for: from its wheel name (``…-cu12``/``…-cu13``), else the
+    CUDA runtime cuda-python reports (JetPack's Debian packages have no wheel name), else ``"unknown"``."""
+    from importlib import metadata
 
-    require_device()  # never create a Builder without a device: it crashes the process
-    import tensorrt as trt  # type: ignore[import-not-found]
+    root = trt.__name__.split(".")[0]
+    for dist in metadata.packages_distributions().get(root, []):
+        for part in reversed(dist.replace("_", "-").split("-")):
+            if part.startswith("cu") and part[2:].isdigit():
+                return part[2:]
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
 
-    cc = "{}.{}".format(*compute_capability())
-    plugin_hashes = {str(p): sha256_file(p) for p in plugin_libs}
-    shapes = f"1x{manifest.in_channels}x{manifest.input_hw[0]}x{manifest.input_hw[1]}"
-    key = engine_cache_key(manifest.onnx_sha256, ",".join(sorted(plugin_hashes.values())), trt.__version__, cc,
-                           manifest.precision, shapes)
-    cache = CACHE_DIR / "engines" / f"{key}.engine"
-    t0 = time.perf_counter()
-    if cache.is_file():
-        log(f"engine cache hit: {cache}")
-    else:
-        logger = trt.Logger(trt.Logger.WARNING)
-        registry = trt.get_plugin_registry()
-        for p in plugin_libs:
-            registry.load_library(str(p))
-        builder = trt.Builder(logger)
-        flags = 0
-        major = int(trt.__version__.split(".")[0])
-        if major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # always on in TensorRT 11
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errs}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-        tc_path = CACHE_DIR / "timing" / f"trt{trt.__version__}-sm{cc.replace('.', '')}.cache"
-        timing = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
-        config.set_timing_cache(timing, ignore_mismatch=False)
-        if hasattr(trt, "IProgressMonitor"):
-            config.progress_monitor = _Progress(trt, log)
-        if manifest.dynamic_batch:
-            prof = builder.create_optimization_profile()
-            c, h, w = manifest.in_channels, *manifest.input_hw
-            prof.set_shape(manifest.input_name, (1, c, h, w), (1, c, h, w), (8, c, h, w))
-            config.add_optimization_profile(prof)
-        log(f"building TensorRT {trt.__version__} engine for {device_name()} (sm {cc}), {manifest.precision} …")
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
-        tc_path.parent.mkdir(parents=True, exist_ok=True)
-        tc_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_bytes(bytes(plan))
-        os.replace(tmp, cache)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(cache, tmp_out)
-    os.replace(tmp_out, out)
-    manifest.engine = {
-        "tensorrt_version": trt.__version__, "compute_capability": cc, "gpu": device_name(), "cache_key": key,
-        "plugin_libs": plugin_hashes, "shapes": shapes, "onnx": str(onnx_path), "engine_sha256": sha256_file(out),
-        "build_s": round(time.perf_counter() - t0, 1), "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        err, v = cudart.cudaRuntimeGetVersion()
+        if int(err) == 0:
+            return f"{v // 1000}.{v % 1000 // 10}"
+    except Exception:  # noqa: BLE001
+        pass
+    return "unknown"
+
+
+def resolve_target(target: str = "tensorrt", compute_capabilities: Sequence[str] = ()) -> BuildTarget:
+    """Import the target's TensorRT and describe what it builds for; raises :class:`BackendUnavailableError` with
+    the reason when it cannot build here (for ``tensorrt``: never without a CUDA device)."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
+    flavour = TARGETS[target][0]
+    if flavour == "tensorrt":
+        from runtime.cuda import compute_capability, device_name, require_device
+
+        if compute_capabilities:
+            raise ExportError("--compute-capability is for --target rtx; a TensorRT engine is built for the GPU "
+                              "it is built on")
+        require_device()  # never create a Builder without a device: it crashes the process
+        trt = _import_flavour(target)
+        return BuildTarget(target, flavour, trt, trt.__version__, "{}.{}".format(*compute_capability()),
+                           device_name(), _cuda_version_of(trt))
+    bad = [c for c in compute_capabilities if c not in RTX_COMPUTE_CAPABILITIES]
+    if bad:
+        raise ExportError(f"--compute-capability {bad[0]} is not a TensorRT-RTX target; valid: "
+                          f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
+    trt = _import_flavour(target)
+    cc = ",".join(sorted(compute_capabilities, key=lambda c: tuple(map(int, c.split("."))))) or "any"
+    return BuildTarget(target, flavour, trt, trt.__version__, cc, "any RTX GPU (ahead of time)" if cc == "any"
+                       else f"RTX GPUs of compute capability {cc}", _cuda_version_of(trt))
+
+
+# --------------------------------------------------------------------------------------------- keys, provenance
+def engine_cache_key(*parts: Any) -> str:
+    """Short stable hash of everything that changes a plan's bytes."""
+    blob = json.dumps([BUILDER_REVISION, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def calibration_hash(manifest: Manifest) -> str:
+    """Hash of the INT8 calibration that produced the graph's scales (``""`` for FP32/FP16 graphs)."""
+    if manifest.precision != "int8":
+        return ""
+    cfg = manifest.export_config
+    keys = ("calib_data", "calib_split", "calib_count", "calib_method", "exclude_nodes", "calibration")
+    return hashlib.sha256(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _plugin_record(path: Path) -> dict[str, Any]:
+    """sha256 and device code (SASS architectures, PTX) of a plugin library, read from the file itself."""
+    rec: dict[str, Any] = {"path": str(path), "sha256": sha256_file(path), "sass": [], "ptx": []}
+    try:
+        from kernels.fatbin import device_code
+
+        code = device_code(path)
+        rec["sass"], rec["ptx"] = list(code.sass), list(code.ptx)
+    except Exception as e:  # noqa: BLE001 - a library we cannot read is recorded as such, never guessed
+        rec["device_code_error"] = f"{type(e).__name__}: {e}"
+    return rec
+
+
+def engine_provenance(manifest: Manifest, target: BuildTarget, plugin_libs: Sequence[Path]) -> dict[str, Any]:
+    """What the runtime compares with the machine before loading (flavour, exact version, GPU, CUDA, inputs)."""
+    return {
+        "flavour": target.flavour, "tensorrt_version": target.version, "compute_capability": target.compute_capability,
+        "gpu": target.gpu, "cuda_version": target.cuda_version, "onnx_sha256": manifest.onnx_sha256,
+        "weights_sha256": manifest.checkpoint_sha256 or "untrained", "calibration_hash": calibration_hash(manifest),
+        "plugin_libs": {Path(p).name: _plugin_record(Path(p)) for p in plugin_libs},
     }
-    manifest.save(manifest_path(out))
-    return out
+
+
+def rebuild_command(manifest: Manifest, target: str, out: Path) -> str:
+    prec = manifest.precision
+    parts = ["python -m export.trt", f"--model {manifest.model}", f"--{prec}"]
+    if manifest.checkpoint:
+        parts.append(f"--checkpoint {manifest.checkpoint}")
+    if list(manifest.input_hw) != list(_native_hw(manifest.model) or manifest.input_hw):
+        parts.append(f"--input-size {manifest.input_hw[0]} {manifest.input_hw[1]}")
+    if manifest.dynamic_batch:
+        parts.append("--dynamic-batch")
+    if manifest.plugins:
+        parts.append("--plugins")
+    if target != "tensorrt":
+        parts.append(f"--target {target}")
+    parts.append(f"--out {out.name}")
+    return " ".join(parts)
+
+
+def _native_hw(model: str) -> list[int] | None:
+    try:
+        from training import get_spec
+
+        return list(get_spec(model).input_hw)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------------------------- build steps
+def _plugin_ops(onnx_path: Path) -> list[str]:
+    import onnx
+
+    from kernels.plugin_library import PLUGINS
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return sorted({n.op_type for n in graph.node if n.op_type in PLUGINS})
+
+
+def _network(trt: Any, builder: Any, flavour: str) -> Any:
+    flags = 0
+    major = int(trt.__version__.split(".")[0])
+    if flavour == "tensorrt" and major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # always on in TensorRT 11 and RTX
+    return builder.create_network(flags)
+
+
+def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path, product: str) -> Any:
+    """TensorRT's own ONNX parser; a rejection names the node, its op and the parser's reason."""
+    parser = trt.OnnxParser(network, logger)
+    if parser.parse(onnx_path.read_bytes(), str(onnx_path)):
+        return parser
+    errs = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        where = f"node {e.node_name()!r} ({e.node_operator()})" if e.node() >= 0 else "graph"
+        errs.append(f"{where}: {e.desc()}")
+    raise ExportError(f"{product}'s ONNX parser rejected {onnx_path.name}: " + "; ".join(errs[:3]))
+
+
+def _dtype_name(trt: Any, dt: Any) -> str:
+    import numpy as np
+
+    try:
+        return np.dtype(trt.nptype(dt)).name  # "float32", "float16", "int8", …
+    except Exception:  # noqa: BLE001 - types NumPy lacks (bf16, fp8): TensorRT's own name
+        return str(dt).rsplit(".", 1)[-1].lower()
+
+
+def network_io(trt: Any, network: Any) -> list[dict[str, Any]]:
+    """Names, directions, shapes (−1 = dynamic) and dtypes of the network's I/O, as the engine will have them."""
+    io = []
+    for mode, n, get in (("input", network.num_inputs, network.get_input),
+                         ("output", network.num_outputs, network.get_output)):
+        for i in range(n):
+            t = get(i)
+            io.append({"name": t.name, "mode": mode, "shape": [int(d) for d in t.shape],
+                       "dtype": _dtype_name(trt, t.dtype)})
+    return io
+
+
+def _timing_cache(trt: Any, config: Any, path: Path) -> None:
+    with warnings.catch_warnings():  # TensorRT-RTX: timing caches are accepted and ignored (no tactic timing)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        blob = path.read_bytes() if path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if cache is None and blob:  # a damaged or foreign cache: start afresh rather than fail the build
+            cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
 
 
 class _Progress:
     """Prints TensorRT build phases (a long silent build is a known pain point)."""
 
-    def __new__(cls, trt, log):
+    def __new__(cls, trt: Any, log: Callable[[str], None]):
         class Monitor(trt.IProgressMonitor):
-            def __init__(self):
+            def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
                 self._t = time.perf_counter()
 
             def phase_start(self, phase_name, parent_phase, num_steps):
-                log(f"  [{time.perf_counter() - self._t:6.1f}s] {phase_name} ({num_steps} steps)")
+                indent = "    " if parent_phase else "  "
+                log(f"{indent}[{time.perf_counter() - self._t:6.1f}s] {phase_name} ({num_steps} steps)")
 
             def step_complete(self, phase_name, step):
-                return True
+                return True  # False would cancel the build
 
             def phase_finish(self, phase_name):
                 pass
@@ -144,6 +300,147 @@ class _Progress:
         return Monitor()
 
 
+def _build_plan(onnx_path: Path, manifest: Manifest, target: BuildTarget, plugin_libs: Sequence[Path],
+                workspace_mb: int, progress: bool, log: Callable[[str], None]) -> tuple[bytes, list[dict[str, Any]]]:
+    trt, product = target.trt, TARGETS[target.name][2]
+    logger = trt.Logger(trt.Logger.WARNING)
+    if plugin_libs:
+        load_plugin_libraries(trt.get_plugin_registry(), plugin_libs)
+    builder = trt.Builder(logger)
+    network = _network(trt, builder, target.flavour)
+    parser = parse_onnx(trt, network, logger, onnx_path, product)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if target.compute_capability != "any":
+        caps = target.compute_capability.split(",")
+        config.num_compute_capabilities = len(caps)
+        for i, cc in enumerate(caps):
+            config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
+    tc_path = CACHE_DIR / "timing" / f"{target.flavour}-{target.version}-{target.compute_capability}.cache"
+    _timing_cache(trt, config, tc_path)
+    monitor = _Progress(trt, log) if progress else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+    io = network_io(trt, network)
+    if manifest.dynamic_batch:
+        prof = builder.create_optimization_profile()
+        c, (h, w) = manifest.in_channels, manifest.input_hw
+        prof.set_shape(manifest.input_name, (1, c, h, w), (1, c, h, w), (MAX_BATCH, c, h, w))
+        config.add_optimization_profile(prof)
+        for t in io:
+            if t["mode"] == "input":
+                t["profile"] = {"min": [1, c, h, w], "opt": [1, c, h, w], "max": [MAX_BATCH, c, h, w]}
+    where = target.gpu if target.flavour == "tensorrt-rtx" else f"{target.gpu} (sm {target.compute_capability})"
+    log(f"building {product} {target.version} engine for {where}, {manifest.precision} graph …")
+    plan = builder.build_serialized_network(network, config)
+    del parser
+    if plan is None:
+        raise ExportError(f"{product} engine build failed (see the {product} log above)")
+    data = bytes(plan)
+    if not data:
+        raise ExportError(f"{product} returned an empty engine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _write_atomic(tc_path, bytes(config.get_timing_cache().serialize()))
+    return data, io
+
+
+MAX_BATCH = 8  # --dynamic-batch profile: 1 (opt) … 8
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cached_plan(entry: Path, log: Callable[[str], None]) -> tuple[bytes, list[dict[str, Any]]] | None:
+    """A cache entry whose bytes still match the hash recorded beside them; a damaged one is dropped."""
+    meta_path = entry.with_suffix(".json")
+    if not (entry.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = entry.read_bytes()
+        if hashlib.sha256(data).hexdigest() == meta["sha256"]:
+            return data, meta["io"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log(f"warning: cached engine {entry.name} is damaged; rebuilding it")
+    entry.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+    return None
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    manifest: Manifest,
+    plugin_libs: Sequence[str | os.PathLike[str]] = (),
+    workspace_mb: int = 1024,
+    log: Callable[[str], None] = print,
+    *,
+    target: str = "tensorrt",
+    compute_capabilities: Sequence[str] = (),
+    progress: bool = True,
+) -> Path:
+    """Build (or fetch from the engine cache) an engine of ``onnx_path`` for ``target``; writes ``out`` and its
+    manifest (the ONNX manifest plus :func:`engine_provenance`) atomically, and verifies what it wrote."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    libs = [Path(p) for p in plugin_libs]
+    bt = resolve_target(target, compute_capabilities)
+    product = TARGETS[target][2]
+    ops = _plugin_ops(onnx_path)
+    if ops and bt.flavour == "tensorrt-rtx":
+        raise ExportError(f"{onnx_path.name} has plugin nodes ({', '.join(ops)}); TensorRT-RTX cannot host custom "
+                          "plugins: build the reference graph (without --plugins) for --target rtx")
+    if ops and not libs:
+        raise ExportError(f"{onnx_path.name} has plugin nodes ({', '.join(ops)}) but no plugin library was given: "
+                          f"{PLUGIN_BUILD_HINT}")
+    prov = engine_provenance(manifest, bt, libs)
+    key_prov = {**prov, "plugin_libs": {n: r["sha256"] for n, r in prov["plugin_libs"].items()}}
+    shapes = f"1x{manifest.in_channels}x{manifest.input_hw[0]}x{manifest.input_hw[1]}"
+    key = engine_cache_key(sha256_file(onnx_path), key_prov, manifest.precision, shapes, manifest.dynamic_batch,
+                           workspace_mb)
+    entry = CACHE_DIR / "engines" / f"{key}.engine"
+    t0 = time.perf_counter()
+    hit = _cached_plan(entry, log)
+    if hit is not None:
+        log(f"engine cache hit: {entry}")
+        data, io = hit
+    else:
+        data, io = _build_plan(onnx_path, manifest, bt, libs, workspace_mb, progress, log)
+        _write_atomic(entry, data)
+        write_json_atomic(entry.with_suffix(".json"), {"sha256": hashlib.sha256(data).hexdigest(), "io": io})
+    digest = hashlib.sha256(data).hexdigest()
+    _write_atomic(out, data)
+    if sha256_file(out) != digest:
+        out.unlink(missing_ok=True)
+        raise ExportError(f"{out} does not read back as written (disk full or failing?); nothing kept")
+    manifest.engine = {
+        **prov, "cache_key": key, "shapes": shapes, "dynamic_batch": manifest.dynamic_batch, "io": io,
+        "onnx": onnx_path.name, "engine_sha256": digest, "engine_bytes": len(data), "cache_hit": hit is not None,
+        "build_s": round(time.perf_counter() - t0, 2), "rebuild": rebuild_command(manifest, target, out),
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        manifest.save(manifest_path(out))
+    except BaseException:
+        out.unlink(missing_ok=True)  # an engine without its manifest cannot be loaded: keep neither
+        raise
+    log(f"{product} engine: {out} ({len(data) / 2**20:.1f} MB, {manifest.precision}, key {key})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- CLI
 PLUGIN_BUILD_HINT = ("build it with `cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=<dir with NvInfer.h> && "
                      "cmake --build build/plugins` (or set POLYPSEG_PLUGIN_LIBRARY to the .so)")
 
@@ -168,19 +465,45 @@ def build_parser() -> argparse.ArgumentParser:
     for prec in ("fp32", "fp16", "int8"):
         g.add_argument(f"--{prec}", dest="precision", action="store_const", const=prec, help=f"{prec} engine")
     add_args(p)
-    p.add_argument("--out", help="engine path (default: artifacts/<model>-<precision>.engine)")
+    p.add_argument("--target", choices=tuple(TARGETS), default="tensorrt",
+                   help="tensorrt: TensorRT 10/11 on this GPU (default); rtx: TensorRT-RTX, built ahead of time on "
+                        "any machine for RTX GPUs")
+    p.add_argument("--compute-capability", action="append", default=[], metavar="X.Y",
+                   help=f"--target rtx: GPU generations to build for (repeatable; {', '.join(RTX_COMPUTE_CAPABILITIES)}"
+                        "; default: any)")
+    p.add_argument("--out", help="engine path (default: artifacts/<model>-<precision>[-rtx].engine)")
     p.add_argument("--plugin-lib", action="append", default=[], help="plugin shared library to load for the build")
     p.add_argument("--workspace-mb", type=int, default=1024)
     return p
 
 
+def _check_destination(out: Path) -> None:
+    """Refuse a destination that cannot be written before any long work starts."""
+    if out.suffix not in (".engine", ".plan"):
+        raise ExportError(f"--out must end in .engine or .plan, got {str(out)!r}")
+    if out.is_dir():
+        raise ExportError(f"--out {str(out)!r} is a directory: give a file name ending in .engine")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"cannot write to {str(out.parent)!r}: {e.strerror or e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out or f"artifacts/{args.model}-{args.precision}.engine")
+    suffix = "" if args.target == "tensorrt" else f"-{args.target}"
+    out = Path(args.out or f"artifacts/{args.model}-{args.precision}{suffix}.engine")
     onnx_path = out.with_suffix(".onnx")
     try:
-        if out.suffix not in (".engine", ".plan"):
-            raise ExportError(f"--out must end in .engine or .plan, got {str(out)!r}")
+        _check_destination(out)
+        if args.workspace_mb < 1:
+            raise ExportError(f"--workspace-mb must be at least 1, got {args.workspace_mb}")
+        if args.plugins and args.target == "rtx":
+            raise ExportError("--plugins with --target rtx: TensorRT-RTX cannot host custom plugins; drop --plugins "
+                              "(the reference graph runs the same blocks as standard layers)")
         manifest = export_onnx(args.model, onnx_path, checkpoint=args.checkpoint, precision=args.precision,
                                input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
                                calib_split=args.calib_split, calib_count=args.calib_count,
@@ -190,23 +513,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if plugin_libs:
             manifest.export_config["plugin_libs"] = {str(p): sha256_file(p) for p in plugin_libs}
             manifest.save(manifest_path(onnx_path))
-        why = _why_no_engine()
+        why = why_no_engine(args.target)
         if why:
             print(
                 f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
                 f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
-                f"TensorRT 11 GPU machine) run: python -m export.trt --model {args.model} --{args.precision} "
-                f"{'--plugins ' if args.plugins else ''}--out {out.name}   (or: trtexec --onnx={onnx_path.name} "
-                f"--saveEngine={out.name}{' --dynamicPlugins=libpolypseg_trt_plugins.so' if args.plugins else ''}; "
-                "no precision flags needed)",
+                f"TensorRT 11 GPU machine) run: {rebuild_command(manifest, args.target, out)} — it writes the engine "
+                "manifest the runtime checks before loading (a bare trtexec engine has none)",
                 file=sys.stderr,
             )
             return EXIT_NO_ENGINE
         if args.plugins and not plugin_libs:
             raise ExportError(f"--plugins: the plugin library is not built; {PLUGIN_BUILD_HINT}, or pass --plugin-lib PATH")
-        build_engine(onnx_path, out, manifest, plugin_libs, args.workspace_mb)
+        build_engine(onnx_path, out, manifest, plugin_libs, args.workspace_mb, target=args.target,
+                     compute_capabilities=args.compute_capability, progress=args.progress)
         print(f"engine success ✅ saved as {out} ({out.stat().st_size / 2**20:.1f} MB) + {manifest_path(out).name}")
-    except (ExportError, BackendUnavailableError) as e:
+    except (ExportError, BackendUnavailableError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

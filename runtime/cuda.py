@@ -13,7 +13,8 @@ import numpy as np
 
 from .errors import BackendUnavailableError
 
-__all__ = ["check", "cuda_device_count", "compute_capability", "pinned_empty", "require_device"]
+__all__ = ["check", "cuda_device_count", "compute_capability", "device_status", "handle", "pinned_empty",
+           "require_device"]
 
 
 def _cudart() -> Any:
@@ -22,22 +23,32 @@ def _cudart() -> Any:
     return cudart
 
 
+def device_status() -> tuple[int, str]:
+    """(number of usable CUDA devices, ``"ok"`` or one line saying exactly why there is none: no cuda-python, no
+    driver, a driver too old for this CUDA runtime, no device; see :func:`runtime.machine.classify_cuda_status`)."""
+    from .machine import probe_gpu
+
+    gpu = probe_gpu()
+    return int(gpu.get("gpu_count", 0)), str(gpu.get("gpu_status", "ok"))
+
+
 def cuda_device_count() -> int:
     """Number of usable CUDA devices; 0 without cuda-python, without a driver (error 35) or without a device."""
-    try:
-        err, n = _cudart().cudaGetDeviceCount()
-    except Exception:  # noqa: BLE001 - ImportError, DynamicLibNotFoundError, ...
-        return 0
-    return int(n) if int(err) == 0 else 0
+    return device_status()[0]
 
 
 def require_device() -> None:
     """Raise :class:`BackendUnavailableError` unless a CUDA device answers (check before creating a TRT runtime)."""
-    if cuda_device_count() == 0:
-        raise BackendUnavailableError(
-            "no CUDA device: TensorRT needs an NVIDIA GPU with its driver (and `pip install cuda-python`); "
-            "on this machine use a CPU backend (openvino or ort)"
-        )
+    n, why = device_status()
+    if n == 0:
+        raise BackendUnavailableError(f"no CUDA device ({why}): TensorRT needs an NVIDIA GPU; on this machine use "
+                                      "a CPU backend (openvino or ort)")
+
+
+def handle(h: Any) -> int:
+    """The raw value of a cuda-python handle (``cudaStream_t``, ``cudaGraphExec_t``, …) or pointer, for ctypes
+    functions declared with ``c_void_p``: they refuse the cuda-python objects themselves."""
+    return 0 if h is None else int(h)
 
 
 def check(result: Any) -> Any:

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .cuda import check, pinned_empty, require_device
+from .cuda import check, handle, pinned_empty, require_device
 from .errors import BackendUnavailableError
 from .manifest import Manifest
 
-__all__ = ["CUDA_HOTPATH_LIB", "GpuFrameProcessor", "find_cuda_hotpath", "load_cuda_hotpath"]
+__all__ = ["CUDA_HOTPATH_LIB", "GpuFrameProcessor", "find_cuda_hotpath", "launch_overlay", "launch_preprocess",
+           "load_cuda_hotpath"]
 
 CUDA_HOTPATH_LIB = "libpolypseg_cuda_hotpath.so"
 _ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,37 @@ def load_cuda_hotpath(path: str | os.PathLike[str] | None = None) -> ctypes.CDLL
                                           ctypes.POINTER(ctypes.c_ubyte), vp, vp]
     lib.polypseg_cuda_overlay.restype = i
     return lib
+
+
+def launch_preprocess(lib: ctypes.CDLL, src: Any, H: int, W: int, stride: int, h: int, w: int, mean: Any, std: Any,
+                      dst: Any, half: bool, stream: Any) -> None:
+    """CUDA preprocess kernel (resize + BGR→RGB + mean/std + NCHW) from a device frame into the engine's input.
+
+    Device pointers and the stream may be cuda-python objects (``cudaStream_t``…) or ints: ctypes refuses the
+    objects for ``c_void_p`` arguments, so they are passed by value (:func:`runtime.cuda.handle`)."""
+    err = lib.polypseg_cuda_preprocess(handle(src), H, W, stride, h, w, mean, std, handle(dst), int(bool(half)),
+                                       handle(stream))
+    if err:
+        raise RuntimeError(f"CUDA preprocess kernel failed ({_error_name(err)})")
+
+
+def launch_overlay(lib: ctypes.CDLL, frame: Any, H: int, W: int, stride: int, logits: Any, h: int, w: int,
+                   threshold: float, fill: Any, alpha256: int, outline: Any, count: Any, stream: Any) -> None:
+    """CUDA overlay kernel: tint + outline the foreground of ``logits`` into the device frame, count its pixels."""
+    err = lib.polypseg_cuda_overlay(handle(frame), H, W, stride, handle(logits), h, w, threshold, fill, alpha256,
+                                    outline, handle(count), handle(stream))
+    if err:
+        raise RuntimeError(f"CUDA overlay kernel failed ({_error_name(err)})")
+
+
+def _error_name(code: int) -> str:
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+
+        _, name = cudart.cudaGetErrorName(cudart.cudaError_t(code))
+        return f"cudaError {code}: {name.decode() if isinstance(name, bytes) else name}"
+    except Exception:  # noqa: BLE001
+        return f"cudaError {code}"
 
 
 class _Slot:
@@ -157,10 +189,8 @@ class GpuFrameProcessor:
                                      cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
         H, W = frame.shape[:2]
         h, w = self.m.input_hw
-        err = self.lib.polypseg_cuda_preprocess(s.dframe, H, W, W * 3, h, w, self._mean, self._std, self._din,
-                                                int(self._in_dtype == "float16"), self._stream)
-        if err:
-            raise RuntimeError(f"CUDA preprocess kernel failed (cudaError {err})")
+        launch_preprocess(self.lib, s.dframe, H, W, W * 3, h, w, self._mean, self._std, self._din,
+                          self._in_dtype == "float16", self._stream)
         return np.asarray(id(frame))  # token: the input lives on the device
 
     def infer(self, token: np.ndarray) -> np.ndarray:
@@ -184,10 +214,8 @@ class GpuFrameProcessor:
         h, w = self._out_hw
         st = self._render_stream
         check(cudart.cudaMemsetAsync(s.dcount, 0, 8, st))
-        err = self.lib.polypseg_cuda_overlay(s.dframe, H, W, W * 3, s.dlogits, h, w, self._thr, self._fill,
-                                             self._alpha256, self._outline, s.dcount, st)
-        if err:
-            raise RuntimeError(f"CUDA overlay kernel failed (cudaError {err})")
+        launch_overlay(self.lib, s.dframe, H, W, W * 3, s.dlogits, h, w, self._thr, self._fill, self._alpha256,
+                       self._outline, s.dcount, st)
         count = np.zeros(1, np.uint64)
         check(cudart.cudaMemcpyAsync(s.hptr, s.dframe, frame.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, st))
         check(cudart.cudaMemcpyAsync(count.ctypes.data, s.dcount, 8, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, st))

@@ -1,34 +1,43 @@
-"""TensorRT backend (tensorrt + cuda-python): engine deserialised once, device buffers allocated once, pinned host
-buffers, one stream, and a CUDA graph of enqueue when the engine allows it.
+"""TensorRT backend (TensorRT 10/11 or TensorRT-RTX, through cuda-python): engine deserialised once, device buffers
+allocated once, pinned host buffers, one stream, and a CUDA graph of enqueue when the engine allows it.
 
-Never creates a TensorRT runtime without a CUDA device (that crashes the process on machines without one), and
-refuses with one clear line an engine built for another GPU or TensorRT version (read from its manifest).
+Never creates a TensorRT runtime without a CUDA device (that crashes the process on machines without one). Before
+deserialising, the engine's manifest is compared with the machine (:mod:`runtime.engine_check`: engine flavour,
+exact TensorRT build, GPU generation, driver, plugin library and its kernel images) and a mismatch is refused with
+one line. Engines of either flavour load: the manifest says which library reads the plan.
+
+The pieces that decide something — I/O shapes for a batch (:func:`io_shapes`), CUDA graph capture
+(:func:`capture_graph`), plugin loading (:func:`load_plugin_libraries`) and the release of every handle — are
+functions of their inputs, so they run in the tests on this GPU-less machine with real cuda-python objects, real
+TensorRT-RTX network metadata and real plugin registries.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..cuda import check, compute_capability, pinned_empty, require_device
+from ..cuda import check, pinned_empty, require_device
+from ..engine_check import engine_problems, flavour_module, product_name
 from ..errors import BackendUnavailableError, EngineError, RuntimeInputError
-from ..manifest import Manifest, manifest_path, sha256_file
+from ..manifest import Manifest, manifest_path
 from .base import Backend, TensorSpec
 
-__all__ = ["TrtBackend", "tensorrt_available"]
+__all__ = ["TrtBackend", "capture_graph", "engine_io", "io_shapes", "load_plugin_libraries", "tensorrt_available"]
 
 
-def _import_trt():
+def _import_trt(flavour: str = "tensorrt"):
+    module = flavour_module(flavour)
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        return __import__(module)
     except Exception as e:  # noqa: BLE001
         raise BackendUnavailableError(
-            f"TensorRT Python bindings are not importable ({type(e).__name__}): install TensorRT 10/11 on the GPU "
-            "machine (JetPack ships it on Jetson)"
+            f"{product_name(flavour)} Python bindings are not importable ({type(e).__name__}): install "
+            f"{'TensorRT 10/11 on the GPU machine (JetPack ships it on Jetson)' if flavour == 'tensorrt' else 'tensorrt-rtx-cu13'}"
         ) from None
-    return trt
 
 
 def tensorrt_available() -> bool:
@@ -43,109 +52,184 @@ def tensorrt_available() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------------------------- decisions
+def load_plugin_libraries(registry: Any, libs: Sequence[str | os.PathLike[str]]) -> list[Any]:
+    """Load each plugin library into ``registry``. TensorRT answers a library it cannot load with None and a log
+    line, which would otherwise surface only later as "plugin not found"; here it is an error naming the file."""
+    handles = []
+    for p in libs:
+        h = registry.load_library(str(p))
+        if h is None:
+            raise EngineError(f"TensorRT could not load the plugin library {p} (see its log above): rebuild it for "
+                              "this TensorRT (cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=…)")
+        handles.append(h)
+    return handles
+
+
+def engine_io(engine: Any, trt: Any) -> list[dict[str, Any]]:
+    """An engine's I/O in the manifest's form: name, mode, shape (−1 = dynamic), dtype, and for dynamic inputs the
+    optimisation profile 0 (min/opt/max)."""
+    io = []
+    for i in range(engine.num_io_tensors):
+        n = engine.get_tensor_name(i)
+        mode = "input" if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT else "output"
+        t = {"name": n, "mode": mode, "shape": [int(d) for d in engine.get_tensor_shape(n)],
+             "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(n))).name}
+        if mode == "input" and any(d < 0 for d in t["shape"]):
+            lo, opt, hi = engine.get_tensor_profile_shape(n, 0)
+            t["profile"] = {"min": [int(d) for d in lo], "opt": [int(d) for d in opt], "max": [int(d) for d in hi]}
+        io.append(t)
+    return io
+
+
+def io_shapes(io: Sequence[dict[str, Any]], batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Concrete shape of every I/O tensor when the engine runs ``batch`` frames at a time.
+
+    A dynamic batch dimension takes ``batch`` (checked against the optimisation profile), never the profile's
+    maximum: one frame must cost one frame of work. Outputs follow the batch of the inputs."""
+    if batch < 1:
+        raise RuntimeInputError(f"batch must be at least 1, got {batch}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for t in io:
+        shape = list(t["shape"])
+        prof = t.get("profile")
+        if prof:
+            lo, hi = prof["min"][0], prof["max"][0]
+            if not lo <= batch <= hi:
+                raise EngineError(f"the engine's input {t['name']!r} takes batches of {lo}…{hi}, not {batch}: "
+                                  "rebuild with another --dynamic-batch profile or feed fewer frames")
+        if shape and shape[0] < 0:
+            shape[0] = batch
+        if any(d < 0 for d in shape):
+            raise EngineError(f"the engine's {t['mode']} {t['name']!r} has dynamic dimensions besides the batch "
+                              f"({t['shape']}): export it with a fixed input size")
+        shapes[t["name"]] = tuple(shape)
+    return shapes
+
+
+def capture_graph(cudart: Any, stream: Any, enqueue: Callable[[Any], bool]) -> tuple[Any, Any] | None:
+    """Capture one ``enqueue`` in a CUDA graph; returns ``(graph, graph_exec)``, or None when the engine cannot be
+    captured (then the caller enqueues directly).
+
+    A warm-up enqueue runs first (TensorRT may allocate lazily) and must succeed. The capture always ends, even when
+    the enqueue raises, so the stream is never left capturing; an enqueue that reports failure while capturing
+    yields no graph (a graph of a failed enqueue would replay wrong logits silently)."""
+    if not enqueue(stream):
+        raise EngineError("TensorRT enqueue failed on the warm-up run (see the TensorRT log)")
+    check(cudart.cudaStreamSynchronize(stream))
+    err, *_ = cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+    if int(err) != 0:
+        return None
+    ok, graph = False, None
+    try:
+        ok = bool(enqueue(stream))
+    finally:
+        err, graph = cudart.cudaStreamEndCapture(stream)
+        if int(err) != 0:
+            graph = None
+    if not ok or graph is None:
+        if graph is not None:
+            cudart.cudaGraphDestroy(graph)
+        return None
+    err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+    if int(err) != 0:
+        cudart.cudaGraphDestroy(graph)
+        return None
+    return graph, graph_exec
+
+
+# --------------------------------------------------------------------------------------------- backend
 class TrtBackend(Backend):
-    """Runs a serialised TensorRT engine.
+    """Runs a serialised TensorRT or TensorRT-RTX engine.
 
     Args:
         engine_path: the ``.engine`` file; its manifest (``.engine.manifest.json``) must sit beside it.
-        plugin_libs: plugin shared libraries to load before deserialising.
+        plugin_libs: plugin shared libraries to load before deserialising (default: the one the manifest names,
+            found by :func:`kernels.plugin_library.find_plugin_library`).
         cuda_graph: capture enqueue in a CUDA graph (replayed per frame) when possible.
+        batch: frames per inference (a ``--dynamic-batch`` engine runs any batch its profile allows).
     """
 
     name = "trt"
 
-    def __init__(
-        self, engine_path: str | os.PathLike[str], plugin_libs: tuple[str, ...] = (), cuda_graph: bool = True
-    ) -> None:
+    def __init__(self, engine_path: str | os.PathLike[str], plugin_libs: tuple[str, ...] = (),
+                 cuda_graph: bool = True, batch: int = 1) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise RuntimeInputError(f"engine file {str(self.engine_path)!r} does not exist")
         self.manifest = Manifest.load(manifest_path(self.engine_path))
-        self.plugin_libs, self.cuda_graph = plugin_libs, cuda_graph
+        self.plugin_libs, self.cuda_graph, self.batch = tuple(plugin_libs), cuda_graph, batch
+        self.flavour = (self.manifest.engine or {}).get("flavour", "tensorrt")
         self._ctx = None
+        self._cudart: Any = None
+        self._stream = self._graph = self._graph_exec = None
+        self._bufs: dict[str, tuple[int, np.ndarray, int]] = {}
+        self._plugin_handles: list[Any] = []
 
-    def _check_compat(self, trt) -> None:
-        eng = self.manifest.engine or {}
-        want_trt, want_cc = eng.get("tensorrt_version"), eng.get("compute_capability")
-        have_cc = "{}.{}".format(*compute_capability())
-        if want_trt and want_trt.split(".")[:2] != trt.__version__.split(".")[:2]:
-            raise EngineError(
-                f"{self.engine_path.name} was built with TensorRT {want_trt}, this machine has {trt.__version__}: "
-                "rebuild it here with `python -m export.trt`"
-            )
-        if want_cc and want_cc != have_cc:
-            raise EngineError(
-                f"{self.engine_path.name} was built for a GPU of compute capability {want_cc}, this GPU is {have_cc}: "
-                "rebuild it here with `python -m export.trt`"
-            )
-        for lib, digest in (eng.get("plugin_libs") or {}).items():
-            local = [p for p in self.plugin_libs if Path(p).name == Path(lib).name]
-            if not local:
-                from kernels.plugin_library import find_plugin_library
+    def _plugins_to_load(self) -> tuple[str, ...]:
+        if self.plugin_libs or not ((self.manifest.engine or {}).get("plugin_libs") or self.manifest.plugins):
+            return self.plugin_libs
+        from kernels.plugin_library import find_plugin_library
 
-                found = find_plugin_library()
-                if found is not None and found.name == Path(lib).name:
-                    self.plugin_libs = (*self.plugin_libs, str(found))
-                    local = [str(found)]
-            if not local:
-                raise EngineError(f"{self.engine_path.name} needs the plugin library {Path(lib).name}: build it "
-                                  "(cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=…) or set "
-                                  "POLYPSEG_PLUGIN_LIBRARY")
-            if digest and sha256_file(local[0]) != digest:
-                raise EngineError(f"plugin library {local[0]} differs from the one the engine was built with: rebuild")
+        found = find_plugin_library()
+        return (str(found),) if found else ()
 
     def _open(self) -> None:
+        try:
+            self._open_steps()
+        except BaseException:
+            self._close()  # nothing half-open stays behind: buffers, stream, plugin handles
+            raise
+
+    def _open_steps(self) -> None:
         require_device()  # before anything TensorRT: a runtime without a device crashes the process
-        trt = _import_trt()
+        from ..machine import machine_facts
+
+        self.plugin_libs = self._plugins_to_load()
+        problems = engine_problems(self.manifest, machine_facts(), self.plugin_libs, name=self.engine_path.name)
+        if problems:
+            more = f" (and {len(problems) - 1} more: python -m runtime.doctor --model {self.engine_path})" \
+                if len(problems) > 1 else ""
+            raise EngineError(problems[0] + more)
+        self.manifest.check_matches(self.engine_path)
+        trt = _import_trt(self.flavour)
         from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
 
-        self._check_compat(trt)
+        self._cudart = cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
-        registry = trt.get_plugin_registry()
-        self._plugin_handles = [registry.load_library(str(p)) for p in self.plugin_libs]
+        self._registry = trt.get_plugin_registry()
+        self._plugin_handles = load_plugin_libraries(self._registry, self.plugin_libs)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if engine is None:
-            raise EngineError(f"TensorRT could not deserialise {self.engine_path} (see the TensorRT log above)")
+            raise EngineError(f"{product_name(self.flavour)} could not deserialise {self.engine_path} (see its log "
+                              "above)")
         self._engine = engine
         self._ctx = engine.create_execution_context()
         self._stream = check(cudart.cudaStreamCreate())
-        self._bufs: dict[str, tuple[int, np.ndarray, int]] = {}
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self._outputs = [n for n in names if n not in self._inputs]
-        for n in names:
-            shape = tuple(engine.get_tensor_shape(n))
-            if any(d < 0 for d in shape):
-                shape = tuple(engine.get_tensor_profile_shape(n, 0)[2]) if n in self._inputs else shape
-                if n in self._inputs:
-                    self._ctx.set_input_shape(n, shape)
-        for n in names:
-            shape = tuple(self._ctx.get_tensor_shape(n))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            dptr = int(check(cudart.cudaMalloc(nbytes)))
+        io = engine_io(engine, trt)
+        shapes = io_shapes(io, self.batch)
+        self._inputs = [t["name"] for t in io if t["mode"] == "input"]
+        self._outputs = [t["name"] for t in io if t["mode"] == "output"]
+        for n in self._inputs:
+            self._ctx.set_input_shape(n, shapes[n])
+        for t in io:
+            n = t["name"]
+            shape = tuple(self._ctx.get_tensor_shape(n))  # TensorRT's word, after the input shapes are set
+            if shape != shapes[n]:
+                raise EngineError(f"output {n!r} is {shape} for a batch of {self.batch}, expected {shapes[n]}")
+            dtype = np.dtype(t["dtype"])
+            dptr = int(check(cudart.cudaMalloc(max(1, int(np.prod(shape)) * dtype.itemsize))))
             host, hptr = pinned_empty(shape, dtype)
             self._bufs[n] = (dptr, host, hptr)
             self._ctx.set_tensor_address(n, dptr)
         i0 = self._inputs[0]
         self._in = TensorSpec(i0, tuple(self._bufs[i0][1].shape), str(self._bufs[i0][1].dtype))
-        self._graph_exec = None
         if self.cuda_graph:
-            self._try_capture(cudart)
-
-    def _try_capture(self, cudart) -> None:
-        # warm-up enqueue (TensorRT may allocate lazily), then capture; fall back to plain enqueue on failure
-        self._ctx.execute_async_v3(self._stream)
-        check(cudart.cudaStreamSynchronize(self._stream))
-        try:
-            check(cudart.cudaStreamBeginCapture(self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self._ctx.execute_async_v3(self._stream)
-            graph = check(cudart.cudaStreamEndCapture(self._stream))
-            self._graph_exec = check(cudart.cudaGraphInstantiate(graph, 0))
-        except Exception:  # noqa: BLE001 - engines with data-dependent shapes cannot be captured
-            self._graph_exec = None
+            captured = capture_graph(cudart, self._stream, self._ctx.execute_async_v3)
+            if captured is not None:
+                self._graph, self._graph_exec = captured
 
     def input_spec(self) -> TensorSpec:
         if self._ctx is None:
@@ -166,16 +250,13 @@ class TrtBackend(Backend):
 
     def enqueue(self) -> None:
         """Run the engine on its device input buffer, asynchronously on :meth:`device_io`'s stream (no copies)."""
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
-
         if self._graph_exec is not None:
-            check(cudart.cudaGraphLaunch(self._graph_exec, self._stream))
+            check(self._cudart.cudaGraphLaunch(self._graph_exec, self._stream))
         elif not self._ctx.execute_async_v3(self._stream):
             raise EngineError("TensorRT enqueue failed (see the TensorRT log)")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
-
+        cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         dptr, host, hptr = self._bufs[self._inputs[0]]
         np.copyto(host, x, casting="same_kind")
@@ -187,11 +268,29 @@ class TrtBackend(Backend):
         return ohost.copy()
 
     def _close(self) -> None:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
-
-        for dptr, _, hptr in getattr(self, "_bufs", {}).values():
-            cudart.cudaFree(dptr)
-            cudart.cudaFreeHost(hptr)
+        """Release everything _open made, in reverse order: graph exec, graph, buffers, context, stream, plugins."""
+        release_handles(self._cudart, graph_exec=self._graph_exec, graph=self._graph, bufs=self._bufs.values(),
+                        stream=self._stream)
+        self._graph_exec = self._graph = self._stream = None
         self._bufs = {}
         self._ctx = None
         self._engine = None
+        for h in self._plugin_handles:
+            self._registry.deregister_library(h)
+        self._plugin_handles = []
+
+
+def release_handles(cudart: Any, *, graph_exec: Any = None, graph: Any = None,
+                    bufs: Any = (), stream: Any = None) -> None:
+    """Destroy a CUDA graph exec and graph, free device/pinned buffers, destroy the stream (each if present)."""
+    if cudart is None:
+        return
+    if graph_exec is not None:
+        cudart.cudaGraphExecDestroy(graph_exec)
+    if graph is not None:
+        cudart.cudaGraphDestroy(graph)
+    for dptr, _, hptr in list(bufs):
+        cudart.cudaFree(dptr)
+        cudart.cudaFreeHost(hptr)
+    if stream is not None:
+        cudart.cudaStreamDestroy(stream)
