@@ -41,15 +41,18 @@ def _import_trt(flavour: str = "tensorrt"):
 
 
 def tensorrt_available() -> bool:
+    """A CUDA device and a TensorRT that runs engines on it (TensorRT 10/11 or TensorRT-RTX)."""
     from ..cuda import cuda_device_count
 
     if cuda_device_count() == 0:
         return False
-    try:
-        _import_trt()
-    except BackendUnavailableError:
-        return False
-    return True
+    for flavour in ("tensorrt", "tensorrt-rtx"):
+        try:
+            _import_trt(flavour)
+            return True
+        except BackendUnavailableError:
+            pass
+    return False
 
 
 # --------------------------------------------------------------------------------------------- decisions
