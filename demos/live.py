@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.cli import entry
 from runtime.backends import default_backend, open_backend, parse_streams
 from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path, write_json_atomic
@@ -48,39 +49,20 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
         Manifest.load(p)  # refuse an ONNX without manifest now, with one line
         return p
     try:
-        from export.errors import ExportError
-        from export.onnx import cache_name, check_input_size, export_onnx
-        from training import get_spec
-        from training.checkpoint import WEIGHTS_DIR, file_sha256, resolve_checkpoint
+        from export.cache import cached_export
     except ImportError as e:
         raise RuntimeInputError(
             f"--model needs the export tools ({e.name} missing): pip install 'polypseg[export]', or pass --onnx PATH"
         ) from None
-    ckpt = args.checkpoint or (f"{args.model}-kvasir" if (WEIGHTS_DIR / f"{args.model}-kvasir.pt").is_file() else None)
-    tag = "untrained"
-    if ckpt:
-        try:
-            tag = file_sha256(resolve_checkpoint(ckpt))[:12]
-        except ValueError as e:
-            raise RuntimeInputError(str(e)) from None
     # TensorRT takes the symmetric graph; the CPU backends run the full-graph uint8 one fastest
     flavour = "qdq-s8" if backend == "trt" else "qdq-u8"
-    try:
-        h, w = check_input_size(args.model, get_spec(args.model), args.input_size)
-    except Exception as e:  # noqa: BLE001 - unknown model name, or a size the network cannot take
-        raise RuntimeInputError(str(e).strip("'\"")) from None
-    name = cache_name(args.model, (h, w), args.precision, flavour, tag, data=args.calib_data, count=args.calib_count)
-    path = CACHE / "onnx" / name
-    if not path.is_file():
-        print(f"first use: exporting {args.model} ({args.precision}) to {path} …", file=sys.stderr)
-        try:
-            export_onnx(args.model, path, checkpoint=ckpt, precision=args.precision, int8_flavour=flavour,
-                        input_hw=(h, w),
-                        calib_data=args.calib_data, calib_count=args.calib_count, progress=sys.stderr.isatty(),
-                        log=lambda *a: print(*a, file=sys.stderr))
-        except ExportError as e:
-            raise RuntimeInputError(str(e)) from None
-    return path
+
+    def log(*a):
+        print(*a, file=sys.stderr)
+
+    return cached_export(CACHE / "onnx", args.model, checkpoint=args.checkpoint, precision=args.precision,
+                         int8_flavour=flavour, input_hw=args.input_size, calib_data=args.calib_data,
+                         calib_count=args.calib_count, progress=sys.stderr.isatty(), log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2 if report.error else 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

@@ -25,14 +25,17 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from common.cli import entry
+from kernels.frame_reference import preprocess_reference
 from runtime.backends import create_backend
 from runtime.backends.base import Backend, TensorSpec
+from runtime.comparator import compare as compare_outputs
 from runtime.errors import BackendUnavailableError, RuntimeInputError
 from runtime.manifest import write_json_atomic
-from runtime.preprocess import preprocess_reference
 
+from .cache import cached_export
 from .errors import ExportError
-from .onnx import cache_name, export_onnx, load_for_export
+from .onnx import load_for_export
 
 __all__ = ["TorchBackend", "compare", "main"]
 
@@ -105,41 +108,25 @@ def compare(
     with TorchBackend(model, hw, threads) as tb:
         ref = [tb.infer(x) for x in frames]
 
-    def score(logits: list[np.ndarray]) -> dict[str, float]:
-        import torch
-        import torch.nn.functional as F
+    def score(logits: list[np.ndarray]) -> dict[str, Any]:
+        """The one comparator against PyTorch and the ground truth, plus the MSNet mDice (soft, per image)."""
+        c = compare_outputs(ref, logits, threshold=spec.threshold, gt=masks)
+        metrics = SegMetrics()
+        for lg, gt in zip(logits, masks):
+            p = 1 / (1 + np.exp(-cv2.resize(lg[0, 0].astype(np.float32), gt.shape[::-1])))
+            metrics.step((np.clip(p, 0, 1) * 255).astype(np.uint8), gt)
+        return {"max_abs_diff": c.max_abs_diff, "rel_diff": c.rel_diff, "nonfinite": c.nonfinite,
+                "dice_vs_torch": c.dice_vs_torch, "dice_vs_gt": metrics.results()["mDice"], "dice05_vs_gt": c.dice_vs_gt}
 
-        metrics, d05 = SegMetrics(), []
-        inter = tot = 0
-        for lg, r, gt in zip(logits, ref, masks):
-            t = F.interpolate(torch.from_numpy(lg.astype(np.float32)), size=gt.shape, mode="bilinear",
-                              align_corners=False)
-            tr = F.interpolate(torch.from_numpy(r), size=gt.shape, mode="bilinear", align_corners=False)
-            p = torch.sigmoid(t)[0, 0].numpy()
-            metrics.step((p * 255).astype(np.uint8), gt)
-            pm, rm = p > 0.5, (tr[0, 0] > 0).numpy()
-            d05.append(2 * np.logical_and(pm, gt > 0).sum() / max(1, pm.sum() + (gt > 0).sum()))
-            inter += int(np.logical_and(pm, rm).sum())
-            tot += int(pm.sum() + rm.sum())
-        return {"dice_vs_gt": metrics.results()["mDice"], "dice05_vs_gt": float(np.mean(d05)),
-                "dice_vs_torch": 2 * inter / tot if tot else 1.0}
-
-    rows: list[dict[str, Any]] = [{"precision": "fp32", "backend": "torch", "flavour": "", "max_abs_diff": 0.0,
-                                   "nonfinite": 0, **score(ref)}]
-    work = Path(work_dir)
-    # cache key: model, size, weights, and for INT8 every calibration setting (a stale graph is never reused)
-    weights = (src.get("checkpoint_sha256") or "")[:12] or "untrained"
+    rows: list[dict[str, Any]] = [{"precision": "fp32", "backend": "torch", "flavour": "", **score(ref)}]
     calib_kw = {}
     if src["train_config"].get("data") is None:
         calib_kw = {"calib_data": data, "calib_split": split}
     for precision in precisions:
         for flavour, backend, label in _rows_for(precision):
-            path = work / cache_name(model_name, hw, precision, flavour, weights, method=calib_method,
-                                     count=calib_count, exclude=sorted(exclude_nodes or ()), **calib_kw)
-            if not path.is_file():
-                export_onnx(model_name, path, checkpoint=checkpoint, precision=precision, input_hw=hw,
-                            int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,
-                            exclude_nodes=exclude_nodes or (), progress=False, log=lambda *a: None, **calib_kw)
+            path = cached_export(work_dir, model_name, checkpoint=checkpoint, precision=precision, input_hw=hw,
+                                 int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,
+                                 exclude_nodes=exclude_nodes or (), log=lambda *a: None, **calib_kw)
             if backend == "trt":
                 path = _engine_for(path)
                 if path is None:
@@ -153,8 +140,7 @@ def compare(
                     log(f"  {precision}/{label}: skipped ({e})")
                 continue
             row = {"precision": precision, "backend": label, "flavour": flavour,
-                   "max_abs_diff": float(max(np.abs(g.astype(np.float32) - r).max() for g, r in zip(got, ref))),
-                   "nonfinite": int(sum((~np.isfinite(g)).sum() for g in got)), **score(got)}
+                   **score(got)}
             rows.append(row)
             log(_fmt(row))
     return rows
@@ -162,8 +148,9 @@ def compare(
 
 def _engine_for(onnx_path: Path) -> Path | None:
     """A TensorRT engine of ``onnx_path`` (built once, cached), or None without a GPU and TensorRT."""
-    from .trt import build_engine, why_no_engine
     from runtime.manifest import Manifest
+
+    from .trt import build_engine, why_no_engine
 
     if why_no_engine():
         return None
@@ -175,8 +162,9 @@ def _engine_for(onnx_path: Path) -> Path | None:
 
 def _fmt(r: dict[str, Any]) -> str:
     name = f"{r['precision']}{'/' + r['flavour'] if r['flavour'] else ''}"
-    return (f"{name:<14}{r['backend']:<10}{r['max_abs_diff']:>12.4g}{r['dice_vs_torch']:>10.4f}"
-            f"{r['dice_vs_gt']:>10.4f}{r['dice05_vs_gt']:>10.4f}{r['nonfinite']:>8}")
+    f = lambda v: f"{v:>10.4f}" if v is not None else f"{'n/a':>10}"  # noqa: E731
+    return (f"{name:<14}{r['backend']:<10}{r['max_abs_diff']:>12.4g}{f(r['dice_vs_torch'])}"
+            f"{f(r['dice_vs_gt'])}{f(r['dice05_vs_gt'])}{r['nonfinite']:>8}")
 
 
 HEADER = f"{'precision':<14}{'backend':<10}{'max|Δlogit|':>12}{'Dice/pt':>10}{'mDice/gt':>10}{'Dice@.5':>10}{'NaN/Inf':>8}"
@@ -221,8 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

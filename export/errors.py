@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from common.errors import UserError
 
-class ExportError(ValueError):
+
+class ExportError(UserError, ValueError):
     """A problem with the user's input to an export step (unknown model, bad checkpoint, unwritable output …)."""

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from common.cli import entry
 from runtime.manifest import Manifest, manifest_path, sha256_file
 
 from .errors import ExportError
@@ -98,9 +99,9 @@ def collect_frames(
     data: str | os.PathLike[str], split: str | None, count: int, input_hw: Sequence[int], mean, std
 ) -> tuple[list[np.ndarray], list[str]]:
     """``count`` pre-processed frames (evenly spread over the sorted ids, so the choice is reproducible)."""
-    from runtime.preprocess import preprocess_reference
-
     import cv2
+
+    from kernels.frame_reference import preprocess_reference
 
     root = Path(data)
     if not root.is_dir():
@@ -173,23 +174,160 @@ def _torch_logits(model, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [model(torch.from_numpy(x)).numpy() for x in frames]
 
 
-def parity(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], threshold: float = 0.0) -> dict[str, float]:
-    """max |Δlogit| (and max |reference logit| for scale), mask Dice against the reference masks (logit > 0 ⇔
-    p > 0.5), NaN/Inf count."""
-    diffs, inter, total = [], 0, 0
-    bad = 0
-    for r, g in zip(ref, got):
-        g = g.astype(np.float32)
-        bad += int((~np.isfinite(g)).sum())
-        diffs.append(float(np.abs(r - g).max()))
-        rm, gm = r > threshold, g > threshold
-        inter += int(np.logical_and(rm, gm).sum())
-        total += int(rm.sum() + gm.sum())
-    return {"max_abs_diff": max(diffs), "ref_max_abs": float(max(np.abs(r).max() for r in ref)),
-            "dice_vs_torch": 2 * inter / total if total else 1.0, "nonfinite": bad, "frames": len(ref)}
-
-
 # --------------------------------------------------------------------------------------------- pipeline
+@dataclass
+class _Job:
+    """One export: what every step reads, and what the steps hand to each other."""
+
+    name: str
+    out: Path
+    model: Any
+    spec: Any
+    src: dict[str, Any]
+    hw: list[int]
+    precision: str
+    flavour: str
+    tmp: Path
+    log: Callable[..., None]
+    frames: list[np.ndarray] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    data_dir: str = ""
+    data_split: str = ""
+    fp32_ops: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    blocks: list = field(default_factory=list)
+
+
+def _calibration_frames(job: _Job, calib_data, calib_split, calib_count: int, parity_frames: int) -> None:
+    """Real frames for INT8 calibration and the parity check: --calib-data, else the checkpoint's training data."""
+    tc = job.src["train_config"]
+    job.data_dir = calib_data or tc.get("data") or ""
+    job.data_split = (calib_split if calib_data else (calib_split or tc.get("train_split"))) or ""
+    if job.precision == "int8" and calib_data is not None and not Path(calib_data).is_dir():
+        raise ExportError(f"calibration folder {calib_data!r} does not exist")
+    if job.data_dir and Path(job.data_dir).is_dir():
+        n = calib_count if job.precision == "int8" else max(parity_frames, 8 if job.precision == "fp16" else 0)
+        job.frames, job.ids = collect_frames(job.data_dir, job.data_split or None, n, job.hw, job.spec.mean,
+                                             job.spec.std)
+    elif job.precision == "int8":
+        raise ExportError("INT8 needs calibration frames: pass --calib-data DIR (a folder of real frames)")
+
+
+def _convert_precision(job: _Job, fp32_path: Path, m: onnx.ModelProto, *, calib_method: str,
+                       exclude_nodes: Sequence[str], progress: bool) -> Path:
+    """The graph at the requested precision: FP32 as exported, FP16 mixed precision, or calibrated INT8 Q/DQ."""
+    from .precision import activation_ranges, lint_qdq_for_tensorrt, quantize_int8, to_fp16
+
+    if job.precision == "fp32":
+        job.log("[2/4] precision fp32: graph unchanged")
+        return fp32_path
+    final = job.tmp / "final.onnx"
+    if job.precision == "fp16":
+        peaks = activation_ranges(m, job.frames[:8], "input") if job.frames else {}
+        m16, job.fp32_ops = to_fp16(m, peaks)
+        m16.ir_version = min(m16.ir_version, MAX_IR)
+        onnx.checker.check_model(m16)
+        onnx.save(m16, str(final))
+        job.log(f"[2/4] fp16 mixed precision, float32 I/O; kept in float32 ({len(job.fp32_ops)}):")
+        for k in job.fp32_ops:
+            job.log(f"        {k}")
+        return final
+    job.log(f"[2/4] int8 {job.flavour}: calibrating on {len(job.ids)} frames ({calib_method}) …")
+    job.extra = quantize_int8(fp32_path, final, frames=job.frames, frame_ids=job.ids, input_name="input",
+                              flavour=job.flavour, method=calib_method, exclude_nodes=exclude_nodes,
+                              cache_dir=job.out.parent / ".calib-cache", progress=progress)
+    qm = onnx.load(str(final))
+    if qm.ir_version > MAX_IR:
+        qm.ir_version = MAX_IR
+        onnx.save(qm, str(final))
+    if job.extra["calibration"]["cache_hit"]:
+        job.log(f"        calibration cache hit ({job.extra['calibration']['cache']})")
+    job.log(f"        {job.extra['quantized_convs']} weighted ops quantised, {job.extra['quantize_linear']} Q / "
+            f"{job.extra['dequantize_linear']} DQ nodes")
+    problems = lint_qdq_for_tensorrt(qm)
+    job.extra["tensorrt_lint"] = problems[:20]
+    if job.flavour == "qdq-s8" and problems:
+        raise ExportError(f"Q/DQ placement TensorRT would reject ({len(problems)} problems), first: {problems[0]}")
+    if job.flavour == "qdq-u8":
+        job.log(f"        flavour qdq-u8 is for the CPU backends (ONNX Runtime, OpenVINO); TensorRT would reject it "
+                f"({len(problems)} lint problems, e.g. uint8 zero points)")
+    return final
+
+
+def _deploy_graph(job: _Job, reference: Path) -> Path:
+    """The TensorRT deploy graph: every fusable block of ``reference`` one plugin node."""
+    from .plugins import make_deploy_graph, plugin_summary
+
+    deploy, job.blocks = make_deploy_graph(onnx.load(str(reference)), job.model)
+    final = job.tmp / "deploy.onnx"
+    onnx.save(deploy, str(final))
+    counts = ", ".join(f"{e['count']} × {e['name']}" for e in plugin_summary(job.blocks))
+    job.log(f"        deploy graph: {counts} (namespace polypseg, version 1)")
+    return final
+
+
+def _parity(job: _Job, final: Path, reference: Path | None, parity_frames: int, gate: bool,
+            tolerance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The graph against PyTorch on real frames, through the one comparator; outside the precision's tolerance the
+    export stops (``gate``), or goes on with the failures recorded in the manifest."""
+    from runtime.comparator import compare, tolerance_for
+
+    pframes = job.frames[:parity_frames]
+    if not pframes:
+        import numpy.random as npr
+
+        pframes = [npr.default_rng(0).standard_normal((1, job.spec.in_channels, *job.hw)).astype(np.float32)]
+    ref = _torch_logits(job.model, pframes)
+    got: dict[str, list[np.ndarray]] = {}
+    if reference is not None:  # deploy graph: the reference graph on ONNX Runtime, the plugin nodes on the CPU
+        from .plugin_cpu import cpu_session
+
+        got["ort"] = _ort_logits(reference, pframes)
+        sess = cpu_session(onnx.load(str(final)), impl="kernel", threads=os.cpu_count())
+        got["ort+plugins-cpu"] = [sess.run(None, {"input": x})[0] for x in pframes]
+    else:
+        for b in ["ort"] + (["openvino"] if job.precision == "int8" and _has_openvino() else []):
+            got[b] = _ort_logits(final, pframes, b)
+    tol = tolerance_for(job.precision, tolerance)
+    results = {b: compare(ref, g, threshold=job.spec.threshold) for b, g in got.items()}
+    par: dict[str, Any] = {b: c.to_dict() for b, c in results.items()}
+    par["frames_source"] = str(job.data_dir) if job.frames else "random normal input (no real frames available)"
+    par["tolerance"] = {"precision": job.precision, "max_rel_diff": tol.max_rel_diff, "min_dice": tol.min_dice}
+    job.log(f"[3/4] parity vs PyTorch on {len(pframes)} frames: " + "; ".join(
+        f"{b}: max|Δ| {c.max_abs_diff:.2e} ({c.rel_diff:.1e} of scale), mask Dice "
+        + (f"{c.dice_vs_torch:.4f}" if c.dice_vs_torch is not None else "n/a (empty masks)")
+        for b, c in results.items()))
+    failures = [f"{b}: {f}" for b, c in results.items() for f in c.failures(tol)]
+    par["gate"] = {"enforced": gate, "passed": not failures, "failures": failures}
+    if failures and gate:
+        raise ExportError(f"the {job.precision} graph misses its parity tolerance against PyTorch ({failures[0]}); "
+                          "nothing was written. Check the graph, or pass --no-parity-gate to keep it anyway (the "
+                          "failure is recorded in its manifest)")
+    if failures:
+        warnings.warn(f"{job.precision} graph outside its parity tolerance, kept because of --no-parity-gate: "
+                      f"{failures[0]}", stacklevel=3)
+    return par
+
+
+def _manifest(job: _Job, final: Path, par: dict[str, Any], *, dynamic_batch: bool, calib_method: str,
+              exclude_nodes: Sequence[str]) -> Manifest:
+    from .plugins import plugin_summary
+
+    spec = job.spec
+    return Manifest(
+        model=job.name, input_hw=job.hw, mean=list(spec.mean), std=list(spec.std), in_channels=spec.in_channels,
+        num_classes=spec.num_classes, output_activation=spec.output_activation, threshold=spec.threshold,
+        dynamic_batch=dynamic_batch, precision=job.precision, quant_flavour=job.flavour, opset=OPSET,
+        ir_version=onnx.load(str(final), load_external_data=False).ir_version,
+        onnx_sha256=sha256_file(final), checkpoint=job.src["checkpoint"], checkpoint_sha256=job.src["checkpoint_sha256"],
+        plugins=plugin_summary(job.blocks) if job.blocks else [], fp32_ops=job.fp32_ops, parity=par,
+        export_config={"calib_data": job.data_dir, "calib_split": job.data_split,
+                       "calib_count": len(job.ids) if job.precision == "int8" else 0, "calib_method": calib_method,
+                       "exclude_nodes": list(exclude_nodes), **job.extra},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), toolkit_version=TOOLKIT_VERSION,
+    )
+
+
 def export_onnx(
     name: str,
     out: str | os.PathLike[str],
@@ -205,17 +343,19 @@ def export_onnx(
     int8_flavour: str = "qdq-s8",
     exclude_nodes: Sequence[str] = (),
     parity_frames: int = 8,
+    parity_gate: bool = True,
+    parity_tolerance: Mapping[str, Any] | None = None,
     plugins: bool = False,
     progress: bool = True,
     log=print,
 ) -> Manifest:
     """Export ``name`` to ``out`` at ``precision`` and write its manifest; returns the manifest.
 
-    ``plugins=True`` writes the TensorRT deploy graph (each fusable block one plugin node, :mod:`export.plugins`);
-    its parity is checked with the plugin nodes executed by the kernels' CPU path.
+    Steps: model → FP32 ONNX → precision (FP16 / INT8 Q/DQ) → optional deploy graph (``plugins=True``: each fusable
+    block one plugin node, :mod:`export.plugins`, checked with the plugin nodes run by the kernels' CPU path) →
+    parity against PyTorch through :mod:`runtime.comparator` (``parity_gate``: outside the precision's tolerance,
+    or ``parity_tolerance``, nothing is written) → ``out`` + manifest, atomically.
     """
-    from .precision import activation_ranges, lint_qdq_for_tensorrt, quantize_int8, to_fp16
-
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     out = Path(out)
@@ -225,119 +365,25 @@ def export_onnx(
     spec = model.spec
     calib_method = calib_method or spec.int8_calibration
     hw = list(check_input_size(name, spec, input_hw))
-
-    # calibration / parity frames: --calib-data, else the training data recorded in the checkpoint
-    tc = src["train_config"]
-    data_dir = calib_data or tc.get("data")
-    data_split = calib_split if calib_data else (calib_split or tc.get("train_split"))
-    if precision == "int8" and calib_data is not None and not Path(calib_data).is_dir():
-        raise ExportError(f"calibration folder {calib_data!r} does not exist")
-    frames: list[np.ndarray] = []
-    ids: list[str] = []
-    if data_dir and Path(data_dir).is_dir():
-        n = calib_count if precision == "int8" else max(parity_frames, 8 if precision == "fp16" else 0)
-        frames, ids = collect_frames(data_dir, data_split, n, hw, spec.mean, spec.std)
-    elif precision == "int8":
-        raise ExportError("INT8 needs calibration frames: pass --calib-data DIR (a folder of real frames)")
-
-    cache_dir = out.parent / ".calib-cache"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-") as tmp_s:
-        tmp = Path(tmp_s)
-        fp32_path = tmp / "fp32.onnx"
-        log(f"[1/4] exporting {name} ({hw[0]}x{hw[1]}, opset {OPSET}) from "
-            f"{src['checkpoint'] or 'untrained weights'}")
+        job = _Job(name, out, model, spec, src, hw, precision, int8_flavour if precision == "int8" else "",
+                   Path(tmp_s), log)
+        _calibration_frames(job, calib_data, calib_split, calib_count, parity_frames)
+        fp32_path = job.tmp / "fp32.onnx"
+        log(f"[1/4] exporting {name} ({hw[0]}x{hw[1]}, opset {OPSET}) from {src['checkpoint'] or 'untrained weights'}")
         m = export_fp32(model, hw, fp32_path, dynamic_batch)
-        final = tmp / "final.onnx"
-        extra: dict[str, Any] = {}
-        kept: list[str] = []
-        flavour = ""
-        if precision == "fp32":
-            log("[2/4] precision fp32: graph unchanged")
-            final = fp32_path
-        elif precision == "fp16":
-            peaks = activation_ranges(m, frames[:8], "input") if frames else {}
-            m16, kept = to_fp16(m, peaks)
-            m16.ir_version = min(m16.ir_version, MAX_IR)
-            onnx.checker.check_model(m16)
-            onnx.save(m16, str(final))
-            log(f"[2/4] fp16 mixed precision, float32 I/O; kept in float32 ({len(kept)}):")
-            for k in kept:
-                log(f"        {k}")
-        else:
-            flavour = int8_flavour
-            log(f"[2/4] int8 {flavour}: calibrating on {len(ids)} frames ({calib_method}) …")
-            extra = quantize_int8(fp32_path, final, frames=frames, frame_ids=ids, input_name="input",
-                                  flavour=flavour, method=calib_method, exclude_nodes=exclude_nodes,
-                                  cache_dir=cache_dir, progress=progress)
-            qm = onnx.load(str(final))
-            if qm.ir_version > MAX_IR:
-                qm.ir_version = MAX_IR
-                onnx.save(qm, str(final))
-            if extra["calibration"]["cache_hit"]:
-                log(f"        calibration cache hit ({extra['calibration']['cache']})")
-            log(f"        {extra['quantized_convs']} weighted ops quantised, {extra['quantize_linear']} Q / "
-                f"{extra['dequantize_linear']} DQ nodes")
-            problems = lint_qdq_for_tensorrt(qm)
-            extra["tensorrt_lint"] = problems[:20]
-            if flavour == "qdq-s8" and problems:
-                raise ExportError(f"Q/DQ placement TensorRT would reject ({len(problems)} problems), first: {problems[0]}")
-            if flavour == "qdq-u8":
-                log(f"        flavour qdq-u8 is for the CPU backends (ONNX Runtime, OpenVINO); TensorRT would reject it "
-                    f"({len(problems)} lint problems, e.g. uint8 zero points)")
-
-        deploy_blocks: list = []
+        final = _convert_precision(job, fp32_path, m, calib_method=calib_method, exclude_nodes=exclude_nodes,
+                                   progress=progress)
+        reference = None
         if plugins:
-            from .plugins import cpu_session, make_deploy_graph, plugin_summary
-
-            reference = final
-            deploy, deploy_blocks = make_deploy_graph(onnx.load(str(reference)), model)
-            final = tmp / "deploy.onnx"
-            onnx.save(deploy, str(final))
-            counts = ", ".join(f"{e['count']} × {e['name']}" for e in plugin_summary(deploy_blocks))
-            log(f"        deploy graph: {counts} (namespace polypseg, version 1)")
-
-        # parity against PyTorch on real frames
-        par: dict[str, Any] = {}
-        pframes = frames[:parity_frames] if frames else []
-        if not pframes:
-            import numpy.random as npr
-
-            pframes = [npr.default_rng(0).standard_normal((1, spec.in_channels, *hw)).astype(np.float32)]
-        ref = _torch_logits(model, pframes)
-        if plugins:
-            # the reference graph on ONNX Runtime, and the deploy graph with its plugin nodes run by the kernel source
-            par["ort"] = parity(ref, _ort_logits(reference, pframes))
-            sess = cpu_session(onnx.load(str(final)), impl="kernel", threads=os.cpu_count())
-            par["ort+plugins-cpu"] = parity(ref, [sess.run(None, {"input": x})[0] for x in pframes])
-        else:
-            backends = ["ort"] + (["openvino"] if precision == "int8" and _has_openvino() else [])
-            for b in backends:
-                par[b] = parity(ref, _ort_logits(final, pframes, b))
-        par["frames_source"] = str(data_dir) if frames else "random normal input (no real frames available)"
-        log("[3/4] parity vs PyTorch on " + f"{len(pframes)} frames: " + "; ".join(
-            f"{b}: max|Δ| {p['max_abs_diff']:.2e}, mask Dice {p['dice_vs_torch']:.4f}"
-            for b, p in par.items() if isinstance(p, dict)))
-        for b, p in par.items():
-            if isinstance(p, dict) and p["nonfinite"]:
-                raise ExportError(f"{precision} graph produces {p['nonfinite']} NaN/Inf logits on {b}")
-
-        manifest = Manifest(
-            model=name, input_hw=hw, mean=list(spec.mean), std=list(spec.std), in_channels=spec.in_channels,
-            num_classes=spec.num_classes, output_activation=spec.output_activation, threshold=spec.threshold,
-            dynamic_batch=dynamic_batch, precision=precision, quant_flavour=flavour, opset=OPSET,
-            ir_version=onnx.load(str(final), load_external_data=False).ir_version,
-            onnx_sha256=sha256_file(final), checkpoint=src["checkpoint"], checkpoint_sha256=src["checkpoint_sha256"],
-            plugins=plugin_summary(deploy_blocks) if plugins else [], fp32_ops=kept, parity=par,
-            export_config={"calib_data": str(data_dir or ""), "calib_split": str(data_split or ""),
-                           "calib_count": len(ids) if precision == "int8" else 0, "calib_method": calib_method,
-                           "exclude_nodes": list(exclude_nodes), **{k: v for k, v in extra.items()}},
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), toolkit_version=TOOLKIT_VERSION,
-        )
+            reference, final = final, _deploy_graph(job, final)
+        par = _parity(job, final, reference, parity_frames, parity_gate, parity_tolerance)
+        manifest = _manifest(job, final, par, dynamic_batch=dynamic_batch, calib_method=calib_method,
+                             exclude_nodes=exclude_nodes)
         os.replace(final, out)
     manifest.save(manifest_path(out))
-    size = out.stat().st_size / 2**20
-    log(f"[4/4] export success ✅ {time.perf_counter() - t0:.1f}s, saved as {out} ({size:.1f} MB) + "
-        f"{manifest_path(out).name}")
+    log(f"[4/4] export success ✅ {time.perf_counter() - t0:.1f}s, saved as {out} ({out.stat().st_size / 2**20:.1f} "
+        f"MB) + {manifest_path(out).name}")
     return manifest
 
 
@@ -362,6 +408,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="qdq-s8: symmetric, Q/DQ on weighted ops' inputs (TensorRT); qdq-u8: uint8 activations, Q/DQ "
                         "around every int8-capable op (fastest on the CPU backends, ONNX Runtime and OpenVINO)")
     p.add_argument("--exclude-nodes", nargs="*", default=[], help="node names kept in float (sensitive layers)")
+    p.add_argument("--no-parity-gate", dest="parity_gate", action="store_false",
+                   help="keep a graph that misses its parity tolerance against PyTorch (recorded in the manifest)")
     p.add_argument("--plugins", action="store_true",
                    help="TensorRT deploy graph: each fusable block one plugin node (see kernels/plugins)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -377,20 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        export_onnx(args.model, args.out, checkpoint=args.checkpoint, precision=args.precision,
-                    input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
-                    calib_split=args.calib_split, calib_count=args.calib_count, calib_method=args.calib_method,
-                    int8_flavour=args.int8_flavour, exclude_nodes=args.exclude_nodes, plugins=args.plugins,
-                    progress=args.progress)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    export_onnx(args.model, args.out, checkpoint=args.checkpoint, precision=args.precision,
+                input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
+                calib_split=args.calib_split, calib_count=args.calib_count, calib_method=args.calib_method,
+                int8_flavour=args.int8_flavour, exclude_nodes=args.exclude_nodes, plugins=args.plugins,
+                parity_gate=args.parity_gate, progress=args.progress)
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

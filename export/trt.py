@@ -34,21 +34,23 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from common.cli import entry
+from common.io import write_bytes_atomic, write_json_atomic
 from runtime.backends.tensorrt import load_plugin_libraries
-from runtime.errors import BackendUnavailableError, EngineError
-from runtime.manifest import Manifest, manifest_path, sha256_file, write_json_atomic
+from runtime.errors import BackendUnavailableError
+from runtime.manifest import Manifest, manifest_path, sha256_file
 
 from .errors import ExportError
 from .onnx import add_args, export_onnx
+from .trt_build import build_plan, network_io, parse_onnx, plugin_ops
 
 __all__ = ["EXIT_NO_ENGINE", "TARGETS", "BuildTarget", "build_engine", "engine_cache_key", "engine_provenance",
-           "load_plugin_libraries", "main", "resolve_target", "why_no_engine"]
+           "load_plugin_libraries", "main", "network_io", "parse_onnx", "resolve_target", "why_no_engine"]
 
 EXIT_NO_ENGINE = 3
 CACHE_DIR = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
@@ -216,152 +218,6 @@ def _native_hw(model: str) -> list[int] | None:
         return None
 
 
-# --------------------------------------------------------------------------------------------- build steps
-def _plugin_ops(onnx_path: Path) -> list[str]:
-    import onnx
-
-    from kernels.plugin_library import PLUGINS
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return sorted({n.op_type for n in graph.node if n.op_type in PLUGINS})
-
-
-def _network(trt: Any, builder: Any, flavour: str) -> Any:
-    flags = 0
-    major = int(trt.__version__.split(".")[0])
-    if flavour == "tensorrt" and major < 11 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # always on in TensorRT 11 and RTX
-    return builder.create_network(flags)
-
-
-def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path, product: str) -> Any:
-    """TensorRT's own ONNX parser; a rejection names the node, its op and the parser's reason."""
-    parser = trt.OnnxParser(network, logger)
-    if parser.parse(onnx_path.read_bytes(), str(onnx_path)):
-        return parser
-    errs = []
-    for i in range(parser.num_errors):
-        e = parser.get_error(i)
-        where = f"node {e.node_name()!r} ({e.node_operator()})" if e.node() >= 0 else "graph"
-        errs.append(f"{where}: {e.desc()}")
-    raise ExportError(f"{product}'s ONNX parser rejected {onnx_path.name}: " + "; ".join(errs[:3]))
-
-
-def _dtype_name(trt: Any, dt: Any) -> str:
-    import numpy as np
-
-    try:
-        return np.dtype(trt.nptype(dt)).name  # "float32", "float16", "int8", …
-    except Exception:  # noqa: BLE001 - types NumPy lacks (bf16, fp8): TensorRT's own name
-        return str(dt).rsplit(".", 1)[-1].lower()
-
-
-def network_io(trt: Any, network: Any) -> list[dict[str, Any]]:
-    """Names, directions, shapes (−1 = dynamic) and dtypes of the network's I/O, as the engine will have them."""
-    io = []
-    for mode, n, get in (("input", network.num_inputs, network.get_input),
-                         ("output", network.num_outputs, network.get_output)):
-        for i in range(n):
-            t = get(i)
-            io.append({"name": t.name, "mode": mode, "shape": [int(d) for d in t.shape],
-                       "dtype": _dtype_name(trt, t.dtype)})
-    return io
-
-
-def _timing_cache(trt: Any, config: Any, path: Path) -> None:
-    with warnings.catch_warnings():  # TensorRT-RTX: timing caches are accepted and ignored (no tactic timing)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        blob = path.read_bytes() if path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if cache is None and blob:  # a damaged or foreign cache: start afresh rather than fail the build
-            cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
-
-class _Progress:
-    """Prints TensorRT build phases (a long silent build is a known pain point)."""
-
-    def __new__(cls, trt: Any, log: Callable[[str], None]):
-        class Monitor(trt.IProgressMonitor):
-            def __init__(self) -> None:
-                trt.IProgressMonitor.__init__(self)
-                self._t = time.perf_counter()
-
-            def phase_start(self, phase_name, parent_phase, num_steps):
-                indent = "    " if parent_phase else "  "
-                log(f"{indent}[{time.perf_counter() - self._t:6.1f}s] {phase_name} ({num_steps} steps)")
-
-            def step_complete(self, phase_name, step):
-                return True  # False would cancel the build
-
-            def phase_finish(self, phase_name):
-                pass
-
-        return Monitor()
-
-
-def _build_plan(onnx_path: Path, manifest: Manifest, target: BuildTarget, plugin_libs: Sequence[Path],
-                workspace_mb: int, progress: bool, log: Callable[[str], None]) -> tuple[bytes, list[dict[str, Any]]]:
-    trt, product = target.trt, TARGETS[target.name][2]
-    logger = trt.Logger(trt.Logger.WARNING)
-    if plugin_libs:
-        load_plugin_libraries(trt.get_plugin_registry(), plugin_libs)
-    builder = trt.Builder(logger)
-    network = _network(trt, builder, target.flavour)
-    parser = parse_onnx(trt, network, logger, onnx_path, product)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if target.compute_capability != "any":
-        caps = target.compute_capability.split(",")
-        config.num_compute_capabilities = len(caps)
-        for i, cc in enumerate(caps):
-            config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
-    tc_path = CACHE_DIR / "timing" / f"{target.flavour}-{target.version}-{target.compute_capability}.cache"
-    _timing_cache(trt, config, tc_path)
-    monitor = _Progress(trt, log) if progress else None
-    if monitor is not None:
-        config.progress_monitor = monitor
-    io = network_io(trt, network)
-    if manifest.dynamic_batch:
-        prof = builder.create_optimization_profile()
-        c, (h, w) = manifest.in_channels, manifest.input_hw
-        prof.set_shape(manifest.input_name, (1, c, h, w), (1, c, h, w), (MAX_BATCH, c, h, w))
-        config.add_optimization_profile(prof)
-        for t in io:
-            if t["mode"] == "input":
-                t["profile"] = {"min": [1, c, h, w], "opt": [1, c, h, w], "max": [MAX_BATCH, c, h, w]}
-    where = target.gpu if target.flavour == "tensorrt-rtx" else f"{target.gpu} (sm {target.compute_capability})"
-    log(f"building {product} {target.version} engine for {where}, {manifest.precision} graph …")
-    plan = builder.build_serialized_network(network, config)
-    del parser
-    if plan is None:
-        raise ExportError(f"{product} engine build failed (see the {product} log above)")
-    data = bytes(plan)
-    if not data:
-        raise ExportError(f"{product} returned an empty engine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _write_atomic(tc_path, bytes(config.get_timing_cache().serialize()))
-    return data, io
-
-
-MAX_BATCH = 8  # --dynamic-batch profile: 1 (opt) … 8
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached_plan(entry: Path, log: Callable[[str], None]) -> tuple[bytes, list[dict[str, Any]]] | None:
     """A cache entry whose bytes still match the hash recorded beside them; a damaged one is dropped."""
     meta_path = entry.with_suffix(".json")
@@ -398,7 +254,7 @@ def build_engine(
     libs = [Path(p) for p in plugin_libs]
     bt = resolve_target(target, compute_capabilities)
     product = TARGETS[target][2]
-    ops = _plugin_ops(onnx_path)
+    ops = plugin_ops(onnx_path)
     if ops and bt.flavour == "tensorrt-rtx":
         raise ExportError(f"{onnx_path.name} has plugin nodes ({', '.join(ops)}); TensorRT-RTX cannot host custom "
                           "plugins: build the reference graph (without --plugins) for --target rtx")
@@ -417,11 +273,12 @@ def build_engine(
         log(f"engine cache hit: {entry}")
         data, io = hit
     else:
-        data, io = _build_plan(onnx_path, manifest, bt, libs, workspace_mb, progress, log)
-        _write_atomic(entry, data)
+        data, io = build_plan(onnx_path, manifest, bt, product, libs, workspace_mb, CACHE_DIR / "timing", progress,
+                              log)
+        write_bytes_atomic(entry, data)
         write_json_atomic(entry.with_suffix(".json"), {"sha256": hashlib.sha256(data).hexdigest(), "io": io})
     digest = hashlib.sha256(data).hexdigest()
-    _write_atomic(out, data)
+    write_bytes_atomic(out, data)
     if sha256_file(out) != digest:
         out.unlink(missing_ok=True)
         raise ExportError(f"{out} does not read back as written (disk full or failing?); nothing kept")
@@ -497,45 +354,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     suffix = "" if args.target == "tensorrt" else f"-{args.target}"
     out = Path(args.out or f"artifacts/{args.model}-{args.precision}{suffix}.engine")
     onnx_path = out.with_suffix(".onnx")
-    try:
-        _check_destination(out)
-        if args.workspace_mb < 1:
-            raise ExportError(f"--workspace-mb must be at least 1, got {args.workspace_mb}")
-        if args.plugins and args.target == "rtx":
-            raise ExportError("--plugins with --target rtx: TensorRT-RTX cannot host custom plugins; drop --plugins "
-                              "(the reference graph runs the same blocks as standard layers)")
-        manifest = export_onnx(args.model, onnx_path, checkpoint=args.checkpoint, precision=args.precision,
-                               input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
-                               calib_split=args.calib_split, calib_count=args.calib_count,
-                               calib_method=args.calib_method, int8_flavour="qdq-s8",
-                               exclude_nodes=args.exclude_nodes, plugins=args.plugins, progress=args.progress)
-        plugin_libs = _plugin_libs(args)
-        if plugin_libs:
-            manifest.export_config["plugin_libs"] = {str(p): sha256_file(p) for p in plugin_libs}
-            manifest.save(manifest_path(onnx_path))
-        why = why_no_engine(args.target)
-        if why:
-            print(
-                f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
-                f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
-                f"TensorRT 11 GPU machine) run: {rebuild_command(manifest, args.target, out)} — it writes the engine "
-                "manifest the runtime checks before loading (a bare trtexec engine has none)",
-                file=sys.stderr,
-            )
-            return EXIT_NO_ENGINE
-        if args.plugins and not plugin_libs:
-            raise ExportError(f"--plugins: the plugin library is not built; {PLUGIN_BUILD_HINT}, or pass --plugin-lib PATH")
-        build_engine(onnx_path, out, manifest, plugin_libs, args.workspace_mb, target=args.target,
-                     compute_capabilities=args.compute_capability, progress=args.progress)
-        print(f"engine success ✅ saved as {out} ({out.stat().st_size / 2**20:.1f} MB) + {manifest_path(out).name}")
-    except (ExportError, BackendUnavailableError, EngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    _check_destination(out)
+    if args.workspace_mb < 1:
+        raise ExportError(f"--workspace-mb must be at least 1, got {args.workspace_mb}")
+    if args.plugins and args.target == "rtx":
+        raise ExportError("--plugins with --target rtx: TensorRT-RTX cannot host custom plugins; drop --plugins "
+                          "(the reference graph runs the same blocks as standard layers)")
+    manifest = export_onnx(args.model, onnx_path, checkpoint=args.checkpoint, precision=args.precision,
+                           input_hw=args.input_size, dynamic_batch=args.dynamic_batch, calib_data=args.calib_data,
+                           calib_split=args.calib_split, calib_count=args.calib_count,
+                           calib_method=args.calib_method, int8_flavour="qdq-s8",
+                           exclude_nodes=args.exclude_nodes, plugins=args.plugins, parity_gate=args.parity_gate,
+                           progress=args.progress)
+    plugin_libs = _plugin_libs(args)
+    if plugin_libs:
+        manifest.export_config["plugin_libs"] = {str(p): sha256_file(p) for p in plugin_libs}
+        manifest.save(manifest_path(onnx_path))
+    why = why_no_engine(args.target)
+    if why:
+        print(
+            f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
+            f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
+            f"TensorRT 11 GPU machine) run: {rebuild_command(manifest, args.target, out)} — it writes the engine "
+            "manifest the runtime checks before loading (a bare trtexec engine has none)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_ENGINE
+    if args.plugins and not plugin_libs:
+        raise ExportError(f"--plugins: the plugin library is not built; {PLUGIN_BUILD_HINT}, or pass --plugin-lib PATH")
+    build_engine(onnx_path, out, manifest, plugin_libs, args.workspace_mb, target=args.target,
+                 compute_capabilities=args.compute_capability, progress=args.progress)
+    print(f"engine success ✅ saved as {out} ({out.stat().st_size / 2**20:.1f} MB) + {manifest_path(out).name}")
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

@@ -19,6 +19,8 @@ import time
 import cv2
 import numpy as np
 
+from common.cli import entry
+
 from . import ops
 
 
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
     if not ops.HAS_EXT:
         print("error: the C++ extension is not built (pip install -e .)", file=sys.stderr)
         return 1
-    from runtime.preprocess import overlay_reference, preprocess_reference
+    from kernels.frame_reference import overlay_reference, preprocess_reference
 
     bgr = cv2.imread(a.frame)
     if bgr is None:
@@ -71,5 +73,7 @@ def main(argv=None) -> int:
     return 0
 
 
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

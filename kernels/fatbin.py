@@ -39,6 +39,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
+
 __all__ = ["DeviceCode", "FatbinEntry", "FatbinError", "device_code", "parse_cc"]
 
 FATBIN_MAGIC = 0xBA55ED50
@@ -56,7 +58,7 @@ _CONTAINER = struct.Struct("<IHHQ")
 _ENTRY = struct.Struct("<HHIQIIHHIIIQ")  # the first 48 bytes of an entry header
 
 
-class FatbinError(ValueError):
+class FatbinError(UserError, ValueError):
     """The file cannot be read as a host binary with CUDA device code; the message is one line."""
 
 

@@ -1,7 +1,7 @@
 """Typed wrappers of the compiled hot path: validate → allocate → call the C++ extension (no copies).
 
 ``HAS_EXT`` tells whether the extension was built; without it the runtime falls back to the OpenCV/NumPy
-reference chain (``runtime.preprocess``), which computes the same thing more slowly.
+reference chain (``kernels.frame_reference``), which computes the same thing more slowly.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from common.errors import UserError
 
 try:
     from . import _ext  # type: ignore[attr-defined]
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover - depends on the build
 __all__ = ["HAS_EXT", "logit_threshold", "overlay", "preprocess"]
 
 
-class KernelInputError(ValueError):
+class KernelInputError(UserError, ValueError):
     """An argument of the wrong shape, dtype or layout (the message names it)."""
 
 

@@ -45,6 +45,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from common.cli import entry
+
 from .errors import RuntimeInputError
 from .machine import MachineFacts, machine_facts
 from .manifest import Manifest, write_json_atomic
@@ -267,8 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.cli import entry
+
 from .errors import BackendUnavailableError, RuntimeInputError
 from .manifest import Manifest, manifest_path, write_json_atomic
 
@@ -220,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

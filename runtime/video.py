@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import entry
+from common.errors import UserError
+
 from .errors import RuntimeInputError
 
 # FFmpeg writes its own warnings ("moov atom not found") to stderr; our errors say it in one line instead.
@@ -23,7 +26,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.I)
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The source failed mid-stream (unplugged camera, corrupt file, stream cut)."""
 
 
@@ -155,15 +158,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--fps", type=float, default=25.0)
     a = p.parse_args(argv)
-    try:
-        print(make_video(a.frames, a.out, a.fps, a.repeat))
-    except RuntimeInputError as e:
-        import sys
-
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    print(make_video(a.frames, a.out, a.fps, a.repeat))
     return 0
 
 
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

@@ -57,6 +57,15 @@ def kvasir(data_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clip(data_dir: Path) -> Path:
+    """A real CVC-ClinicDB video sequence (frames, with masks beside them)."""
+    p = data_dir / "cvc-clinicdb-clips" / "seq01" / "images"
+    if not p.is_dir():
+        pytest.skip(f"CVC-ClinicDB clip not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
 def reference_keys_dir() -> Path:
     p = DATA.parent / "reference" / "official_state_dict_keys"
     if not p.is_dir():

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from typing import Sequence
 
 import torch
+
+from common.cli import entry
 
 from .models.registry import create_model
 
@@ -73,5 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -23,7 +23,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ._io import write_bytes_atomic
+from common.errors import UserError
+from common.io import write_bytes_atomic
+
 from .models.registry import _SPECS, create_model, get_spec, list_models
 
 __all__ = [
@@ -46,7 +48,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 KNOWN_UNUSED_KEYS: tuple[str, ...] = ("resnet.fc.weight", "resnet.fc.bias")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read or does not fit the requested model."""
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from common.errors import UserError
+
 __all__ = [
     "DataError",
     "EvalDataset",
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset problem that names the offending file."""
 
 

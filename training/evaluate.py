@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._io import write_bytes_atomic
+from common.cli import entry
+from common.io import write_bytes_atomic
+
 from .checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
 from .data import DataError, EvalDataset, find_pairs
 from .metrics import METRIC_KEYS, SegMetrics
@@ -176,8 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,12 +30,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from common.cli import entry
+from common.io import write_bytes_atomic
+
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .data import DataError, EvalDataset, TrainDataset, epoch_sizes, find_pairs, multiscale_collate
-from ._io import write_bytes_atomic
+from .data import EvalDataset, TrainDataset, epoch_sizes, find_pairs, multiscale_collate
 from .evaluate import evaluate_dataset
 from .losses import structure_loss
-from .models.registry import UnknownModelError, create_model, get_spec
+from .models.registry import create_model, get_spec
 
 __all__ = ["build_parser", "lr_at", "main", "train"]
 
@@ -339,16 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        train(args)
-    except (UnknownModelError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    train(args)
     return 0
 
 
-if __name__ == "__main__":
-    from runtime.errors import cli_warnings
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
 
-    cli_warnings()
-    raise SystemExit(main())
+if __name__ == "__main__":
+    cli()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kernels import ops
-from runtime.preprocess import overlay_reference, preprocess_reference
+from kernels.frame_reference import overlay_reference, preprocess_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CU_FILES = sorted((ROOT / "kernels").rglob("*.cu"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kernels import ops
-from runtime.preprocess import overlay_reference, preprocess_reference
+from kernels.frame_reference import overlay_reference, preprocess_reference
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXT, reason="C++ extension not built")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

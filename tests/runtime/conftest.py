@@ -1,4 +1,4 @@
-"""Fixtures of the runtime tests: a small real export and a real CVC-ClinicDB clip."""
+"""Fixtures of the runtime tests: a small real export (the clip fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,3 @@ def onnx_model(tmp_path_factory):
         warnings.simplefilter("ignore")
         export_onnx("msnet_effl0", path, input_hw=(96, 96), progress=False, log=lambda *a: None)
     return path
-
-
-@pytest.fixture(scope="session")
-def clip(data_dir):
-    return data_dir / "cvc-clinicdb-clips" / "seq01" / "images"

@@ -120,7 +120,7 @@ def test_a_stalled_stream_does_not_pile_frames_up(onnx_model, clip):
 def test_openvino_lanes_run_concurrently_and_match_one_request(onnx_model, clip):
     pytest.importorskip("openvino")
     m = Manifest.load(onnx_model)
-    from runtime.preprocess import preprocess_reference
+    from kernels.frame_reference import preprocess_reference
 
     xs = [preprocess_reference(f, m.input_hw, m.mean, m.std) for f in _frames(clip, 2)]
     with create_backend("openvino", onnx_model, threads=2) as one:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from common.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(UserError, KeyError, ValueError):
     """Raised for a model name that is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it a plain sentence.

@@ -1,5 +1,6 @@
-"""runtime.bench end to end on a real CVC-ClinicDB clip: the rows, the columns the issue names, the plot, the
-export cache key, and one-line errors."""
+"""export.bench --source (the pipeline benchmark with exports, PyTorch and the naive loop) end to end on a real
+CVC-ClinicDB clip: the rows, the columns, the plot, the export cache key, and one-line errors; and the torch-free
+runtime.bench on model files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.bench", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "export.bench", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -63,13 +64,13 @@ def test_bench_bad_input_one_line(case, clip, tmp_path):
         want = "does not exist"
     elif case == "row":
         args[5] = "naive,ort-int9"  # refused before the naive loop spends minutes
-        want = "unknown backend row 'ort-int9'"
+        want = "unknown row 'ort-int9'"
     elif case == "streams":
         args[5] = "openvino-int8@two"
         want = "--streams must be 'auto' or a positive integer"
     else:
         args[5] = "naive,trt-fp16@2"
-        want = "the TensorRT rows run one stream"
+        want = "'trt-fp16@2': this row runs one stream"
     r = _bench(*args, timeout=300)
     assert r.returncode == 1, (r.stdout, r.stderr)
     err = r.stderr.strip().splitlines()
@@ -87,3 +88,21 @@ def test_streams_option_leaves_tensorrt_rows_alone(clip, tmp_path):
     rows = json.loads(out.read_text())
     assert [x["backend"] for x in rows] == ["ort-fp32"] and rows[0]["streams"] == 2
     assert "trt-fp16: skipped" in r.stderr
+
+
+def test_runtime_bench_runs_model_files_without_torch(clip, tmp_path):
+    """runtime.bench measures exported files on the runtime's backends and never imports torch (edge boxes)."""
+    from export.onnx import export_onnx
+
+    m = tmp_path / "m.onnx"
+    export_onnx("msnet_effl0", m, precision="fp32", input_hw=(64, 64), progress=False, log=lambda *a: None)
+    out = tmp_path / "r.json"
+    code = ("import sys, runtime.bench as b\n"
+            f"rc = b.main(['--onnx', {str(m)!r}, '--reference', {str(m)!r}, '--source', {str(clip)!r}, '--backends', "
+            f"'ort,ort@2', '--rounds', '2', '--pipeline-frames', '6', '--accuracy-frames', '4', '--json', {str(out)!r}])\n"
+            "assert rc == 0 and 'torch' not in sys.modules and 'export' not in sys.modules, sorted(sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [x["streams"] for x in rows] == [1, 2] and all(x["fps"] > 0 for x in rows)
+    assert rows[0]["dice_vs_torch"] == pytest.approx(1.0) and 0 <= rows[0]["dice_vs_gt"] <= 1

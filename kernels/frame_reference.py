@@ -1,4 +1,6 @@
-"""Frame pre- and post-processing: the OpenCV/NumPy reference chain (the compiled fast path is checked against it).
+"""Frame pre- and post-processing references: the OpenCV/NumPy chain that the compiled hot path (kernels/src), the
+CUDA kernels (kernels/cuda) and the runtime's pipeline are checked against; it lives with the other references
+(kernels/reference.py) at the bottom layer, so runtime, export and the benchmarks share one definition.
 
 Pre: BGR uint8 frame [H, W, 3] of any size → resize (bilinear) to the model input → RGB → (x/255 − mean)/std →
 NCHW float32/float16. Post: logits → probability (sigmoid) → resized to the frame → mask/overlay.

@@ -1,0 +1,50 @@
+"""Files written so that a reader never sees half of them: write to a temporary file in the destination folder,
+flush to disk, rename over the destination (atomic on POSIX). And the SHA-256 every cache and manifest uses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["sha256_bytes", "sha256_file", "write_bytes_atomic", "write_json_atomic"]
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (with ``fsync``, on disk before the rename); nothing is left behind on
+    failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """``obj`` as indented JSON (non-JSON values through ``str``), written atomically."""
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
