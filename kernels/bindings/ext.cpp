@@ -3,17 +3,21 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 
 #include <stdexcept>
 #include <string>
 #include <thread>
 
 #include "../src/hotpath.h"
-#include "../cuda/hotpath_kernels.cuh"  // compiled here in CPU-emulation mode (compat.h), see tests/kernels
+// The GPU launchers and their kernels, compiled here in CPU-emulation mode (compat.h, fiber_emulator.h): the emu_*
+// functions below call the very launcher code the GPU runs (grid, block, constants), see tests/kernels.
+#include "../cuda/hotpath.cu"
 #include "../cuda/selftest_kernels.cuh"
-#include "../multi_scale_subtraction/mss_kernel.cuh"
-#include "../position_attention/pam_kernel.cuh"
-#include "../channel_attention/cam_kernel.cuh"
+#include "../multi_scale_subtraction/mss.cu"
+#include "../position_attention/pam.cu"
+#include "../channel_attention/cam.cu"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -71,38 +75,58 @@ int64_t overlay(Frame frame, F32_2D logits, float logit_threshold, std::array<ui
                            fill.data(), alpha256, outline.data(), m, default_threads(threads));
 }
 
-// The CUDA kernels of kernels/cuda, executed on the CPU by the grid emulator (tests only; slow by design).
+void check_launch(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::invalid_argument(std::string(what) + ": the launcher refused the arguments");
+}
+
+// The CUDA kernels of kernels/cuda, executed on the CPU through their GPU launchers (tests only; slow by design).
 void emu_preprocess(Frame src, nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> dst, std::array<float, 3> mean,
                     std::array<float, 3> stdv) {
   check_frame(src, "emu_preprocess src");
+  if (dst.shape(0) != 1 || dst.shape(1) != 3) throw std::invalid_argument("emu_preprocess dst: expected [1, 3, h, w]");
   const int h = static_cast<int>(dst.shape(2)), w = static_cast<int>(dst.shape(3));
-  polypseg_cuda::float3_like scale, bias;
-  for (int c = 0; c < 3; ++c) {
-    scale.v[c] = 1.f / (255.f * stdv[c]);
-    bias.v[c] = -mean[c] / stdv[c];
-  }
-  const dim3 block(32, 8), grid((w + 31) / 32, (h + 7) / 8);
   const auto* s = static_cast<const unsigned char*>(src.data());
   const int H = static_cast<int>(src.shape(0)), W = static_cast<int>(src.shape(1));
+  int fp16 = 0;
   if (dst.dtype() == nb::dtype<float>())
-    emulate_launch(grid, block, polypseg_cuda::preprocess_kernel<float>, s, H, W, (long long)src.stride(0), h, w,
-                   scale, bias, static_cast<float*>(dst.data()));
+    fp16 = 0;
+  else if (dst.dtype().code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && dst.dtype().bits == 16)
+    fp16 = 1;
   else
-    emulate_launch(grid, block, polypseg_cuda::preprocess_kernel<pp_half>, s, H, W, (long long)src.stride(0), h, w,
-                   scale, bias, static_cast<pp_half*>(dst.data()));
+    throw std::invalid_argument("emu_preprocess dst: dtype must be float32 or float16");
+  check_launch(polypseg_cuda_preprocess(s, H, W, (long long)src.stride(0), h, w, mean.data(), stdv.data(), dst.data(),
+                                        fp16, nullptr),
+               "emu_preprocess");
 }
 
 uint64_t emu_overlay(Frame frame, F32_2D logits, float thr, std::array<uint8_t, 3> fill, int alpha256,
                      std::array<uint8_t, 3> outline) {
   check_frame(frame, "emu_overlay frame");
   const int H = static_cast<int>(frame.shape(0)), W = static_cast<int>(frame.shape(1));
-  polypseg_cuda::uchar3_like f{{fill[0], fill[1], fill[2]}}, o{{outline[0], outline[1], outline[2]}};
   unsigned long long count = 0;
-  const dim3 block(32, 8), grid((W + 31) / 32, (H + 7) / 8);
-  emulate_launch(grid, block, polypseg_cuda::overlay_kernel, static_cast<unsigned char*>(frame.data()), H, W,
-                 (long long)frame.stride(0), logits.data(), (int)logits.shape(0), (int)logits.shape(1), thr, f,
-                 alpha256, o, &count);
+  check_launch(polypseg_cuda_overlay(static_cast<unsigned char*>(frame.data()), H, W, (long long)frame.stride(0),
+                                     logits.data(), (int)logits.shape(0), (int)logits.shape(1), thr, fill.data(),
+                                     alpha256, outline.data(), &count, nullptr),
+               "emu_overlay");
   return count;
+}
+
+// The launch schedule of every emulated launch (block and thread order, race checker); returns the previous one as
+// (order, seed, race_check). Orders: "alternate" (default), "forward", "reverse", "random" (seeded shuffle).
+std::tuple<std::string, uint64_t, bool> emu_schedule(std::optional<std::string> order, std::optional<uint64_t> seed,
+                                                     std::optional<bool> race_check) {
+  static const char* const kNames[] = {"alternate", "forward", "reverse", "random"};
+  pp_emu::Schedule& s = pp_emu::schedule();
+  std::tuple<std::string, uint64_t, bool> previous{kNames[static_cast<int>(s.order)], s.seed, s.race_check};
+  if (order) {
+    int i = 0;
+    while (i < 4 && *order != kNames[i]) ++i;
+    if (i == 4) throw std::invalid_argument("emu_schedule: order must be alternate, forward, reverse or random");
+    s.order = static_cast<pp_emu::Order>(i);
+  }
+  if (seed) s.seed = *seed;
+  if (race_check) s.race_check = *race_check;
+  return previous;
 }
 
 // Emulator self-test: block sums with and without the first barrier (fiber scheduler, poisoned shared memory).
@@ -119,6 +143,18 @@ nb::ndarray<nb::numpy, float, nb::ndim<1>> emu_block_sum(nb::ndarray<const float
   else
     pp_fiber::launch(dim3(nblocks), dim3(block), polypseg_selftest::block_sum_kernel<false>, in.data(), out, n);
   return nb::ndarray<nb::numpy, float, nb::ndim<1>>(out, {static_cast<size_t>(nblocks)}, owner);
+}
+
+int emu_last_writer(int blocks, int threads) {
+  if (blocks <= 0 || threads <= 0 || threads > 1024) throw std::invalid_argument("emu_last_writer: bad launch");
+  int out = -1;
+  pp_fiber::launch(dim3(blocks), dim3(threads), polypseg_selftest::last_writer_kernel, &out);
+  return out;
+}
+
+void emu_shared_out_of_bounds() {
+  float out[33] = {};
+  pp_fiber::launch(dim3(1), dim3(33), polypseg_selftest::shared_out_of_bounds_kernel, out);
 }
 
 void emu_divergent_barrier() {
@@ -150,15 +186,9 @@ void emu_mss(nb::ndarray<nb::ndim<4>, nb::c_contig, nb::device::cpu> a,
     p.g5 = q + 2 * C;
     p.h5 = q + 3 * C;
   }
-  using polypseg_mss::kTileX;
-  using polypseg_mss::kTileY;
-  const dim3 block(kTileX, kTileY), grid((W + kTileX - 1) / kTileX, (H + kTileY - 1) / kTileY, N);
-  if (f32)
-    pp_fiber::launch(grid, block, polypseg_mss::mss_kernel<float>, static_cast<const float*>(a.data()),
-                     static_cast<const float*>(b.data()), static_cast<float*>(d.data()), p);
-  else
-    pp_fiber::launch(grid, block, polypseg_mss::mss_kernel<pp_half>, static_cast<const pp_half*>(a.data()),
-                     static_cast<const pp_half*>(b.data()), static_cast<pp_half*>(d.data()), p);
+  check_launch(polypseg_mss_launch(a.data(), b.data(), d.data(), N, C, h, w, H, W, p.num_scales, p.g3, p.h3, p.g5,
+                                  p.h5, f16 ? 1 : 0, nullptr),
+               "emu_mss");
 }
 
 using Any3 = nb::ndarray<nb::ndim<3>, nb::c_contig, nb::device::cpu>;
@@ -179,28 +209,24 @@ void check_dtypes(std::initializer_list<const Any3*> arrays, const char* what) {
 void emu_pam(Any3 q, Any3 k, Any3 v, Any3 x, Any3 out, float gamma) {
   check_dtypes({&q, &k, &v, &x, &out}, "emu_pam");
   const int B = (int)v.shape(0), C = (int)v.shape(1), N = (int)v.shape(2), D = (int)q.shape(1);
-  if (D > polypseg_pam::kMaxD) throw std::invalid_argument("emu_pam: query width above kMaxD");
-  const polypseg_pam::Params p{B, C, D, N, gamma};
-  const dim3 block(polypseg_pam::kQ), grid((N + polypseg_pam::kQ - 1) / polypseg_pam::kQ, B);
-  if (is_f16(q))
-    pp_fiber::launch(grid, block, polypseg_pam::pam_kernel<pp_half>, (const pp_half*)q.data(), (const pp_half*)k.data(),
-                     (const pp_half*)v.data(), (const pp_half*)x.data(), (pp_half*)out.data(), p);
-  else
-    pp_fiber::launch(grid, block, polypseg_pam::pam_kernel<float>, (const float*)q.data(), (const float*)k.data(),
-                     (const float*)v.data(), (const float*)x.data(), (float*)out.data(), p);
+  for (const Any3* a : {&q, &k})
+    if ((int)a->shape(0) != B || (int)a->shape(1) != D || (int)a->shape(2) != N)
+      throw std::invalid_argument("emu_pam: q and k must be [B, D, N]");
+  for (const Any3* a : {&x, &out})
+    if ((int)a->shape(0) != B || (int)a->shape(1) != C || (int)a->shape(2) != N)
+      throw std::invalid_argument("emu_pam: v, x and out must be [B, C, N]");
+  check_launch(polypseg_pam_launch(q.data(), k.data(), v.data(), x.data(), out.data(), B, C, D, N, gamma,
+                                  is_f16(q) ? 1 : 0, nullptr),
+               "emu_pam");
 }
 
 // ChannelAttention kernel source on the CPU (fiber emulator). x, out [B, C, N].
 void emu_cam(Any3 x, Any3 out, float gamma) {
   check_dtypes({&x, &out}, "emu_cam");
   const int B = (int)x.shape(0), C = (int)x.shape(1), N = (int)x.shape(2);
-  if (C > polypseg_cam::kMaxC) throw std::invalid_argument("emu_cam: C above kMaxC");
-  const polypseg_cam::Params p{B, C, N, gamma};
-  const dim3 block(polypseg_cam::kThreads), grid(C, B);
-  if (is_f16(x))
-    pp_fiber::launch(grid, block, polypseg_cam::cam_kernel<pp_half>, (const pp_half*)x.data(), (pp_half*)out.data(), p);
-  else
-    pp_fiber::launch(grid, block, polypseg_cam::cam_kernel<float>, (const float*)x.data(), (float*)out.data(), p);
+  if (out.shape(0) != x.shape(0) || out.shape(1) != x.shape(1) || out.shape(2) != x.shape(2))
+    throw std::invalid_argument("emu_cam: out must have x's shape");
+  check_launch(polypseg_cam_launch(x.data(), out.data(), B, C, N, gamma, is_f16(x) ? 1 : 0, nullptr), "emu_cam");
 }
 
 }  // namespace
@@ -218,8 +244,13 @@ NB_MODULE(_ext, m) {
   m.def("emu_pam", &emu_pam, "q"_a, "k"_a, "v"_a, "x"_a, "out"_a, "gamma"_a,
         "CPU execution of the PositionAttention CUDA kernel (tests).");
   m.def("emu_cam", &emu_cam, "x"_a, "out"_a, "gamma"_a, "CPU execution of the ChannelAttention CUDA kernel (tests).");
+  m.def("emu_schedule", &emu_schedule, "order"_a = nb::none(), "seed"_a = nb::none(), "race_check"_a = nb::none(),
+        "Set the schedule of emulated launches (order: alternate, forward, reverse, random; seed of the shuffle; "
+        "race_check: shared-memory race/bounds checker); returns the previous (order, seed, race_check).");
   m.def("emu_block_sum", &emu_block_sum, "x"_a, "block"_a, "first_barrier"_a = true);
   m.def("emu_divergent_barrier", &emu_divergent_barrier);
+  m.def("emu_last_writer", &emu_last_writer, "blocks"_a, "threads"_a);
+  m.def("emu_shared_out_of_bounds", &emu_shared_out_of_bounds);
   m.def("emu_preprocess", &emu_preprocess, "src"_a, "dst"_a, "mean"_a, "std"_a,
         "CPU execution of the CUDA preprocess kernel (tests).");
   m.def("emu_overlay", &emu_overlay, "frame"_a, "logits"_a, "logit_threshold"_a, "fill"_a, "alpha256"_a, "outline"_a,

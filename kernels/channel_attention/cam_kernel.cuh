@@ -6,18 +6,33 @@
 // One block per (batch, row c): threads compute E[c, :] into shared memory (barrier), reduce the row minimum and
 // the normaliser (barriers), then write out[c, :] with the weights in shared memory.
 #pragma once
+
+// Launch shape and limits: the one definition, also read by the TensorRT plugin (channel_attention_plugin.cpp
+// includes this header with POLYPSEG_KERNEL_LIMITS_ONLY defined, which skips the kernel below).
+namespace polypseg_cam {
+constexpr int kThreads = 128;  // threads per block
+constexpr int kMaxC = 2048;    // one row of E lives in shared memory: 1 ≤ C ≤ kMaxC
+}  // namespace polypseg_cam
+
+#if !defined(POLYPSEG_KERNEL_LIMITS_ONLY)
 #include "../cuda/compat.h"
 #include "../cuda/fiber_emulator.h"
 
 namespace polypseg_cam {
 
-constexpr int kThreads = 128;
-constexpr int kMaxC = 2048;
-
 struct Params {
   int B, C, N;
   float gamma;
 };
+
+// The launch of cam_kernel for p (used by the GPU launcher cam.cu, which the CPU tests run too): one block of
+// kThreads per (row c, image b). False when p is outside the kernel's limits.
+inline bool launch_config(const Params& p, dim3& grid, dim3& block) {
+  if (p.B <= 0 || p.C <= 0 || p.N <= 0 || p.C > kMaxC) return false;
+  grid = dim3(static_cast<unsigned>(p.C), static_cast<unsigned>(p.B));
+  block = dim3(kThreads);
+  return true;
+}
 
 template <class T>
 PP_GLOBAL void cam_kernel(const T* PP_RESTRICT x, T* PP_RESTRICT out, Params p) {
@@ -69,3 +84,4 @@ PP_GLOBAL void cam_kernel(const T* PP_RESTRICT x, T* PP_RESTRICT out, Params p) 
 }
 
 }  // namespace polypseg_cam
+#endif  // POLYPSEG_KERNEL_LIMITS_ONLY

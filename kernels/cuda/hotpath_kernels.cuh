@@ -12,6 +12,23 @@ struct uchar3_like {
   unsigned char v[3];
 };
 
+// Launch shape of both kernels: one thread per output pixel, kBlockX × kBlockY threads per block, partial blocks at
+// the right and bottom edges. Used by the GPU launchers (hotpath.cu), which the CPU tests run too.
+constexpr int kBlockX = 32, kBlockY = 8;
+inline void pixel_grid(int width, int height, dim3& grid, dim3& block) {
+  block = dim3(kBlockX, kBlockY);
+  grid = dim3(static_cast<unsigned>((width + kBlockX - 1) / kBlockX),
+              static_cast<unsigned>((height + kBlockY - 1) / kBlockY));
+}
+
+// (v/255 − mean[c]) / std[c] as v·scale[c] + bias[c]; mean, std and the planes are in RGB order.
+inline void normalisation(const float* mean, const float* stdv, float3_like& scale, float3_like& bias) {
+  for (int c = 0; c < 3; ++c) {
+    scale.v[c] = 1.f / (255.f * stdv[c]);
+    bias.v[c] = -mean[c] / stdv[c];
+  }
+}
+
 // OpenCV INTER_LINEAR source coordinate (half-pixel centres, clamped), as in the CPU path.
 PP_HD inline void src_coord(int d, float scale, int n_src, int& i0, int& i1, float& f) {
   float s = (d + 0.5f) * scale - 0.5f;

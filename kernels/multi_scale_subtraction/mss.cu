@@ -1,22 +1,23 @@
-// GPU launcher of MultiScaleSubtraction (C ABI; no TensorRT types: the plugin's enqueue calls this).
+// GPU launcher of MultiScaleSubtraction (C ABI; no TensorRT types: the plugin's enqueue calls this). The CPU tests
+// compile and run this very function (kernels/bindings/ext.cpp includes it; PP_LAUNCH is the fiber emulator there).
+#if defined(__CUDACC__)
 #include <cuda_runtime.h>
+#endif
 
 #include "mss_kernel.cuh"
-
-using namespace polypseg_mss;
 
 extern "C" cudaError_t polypseg_mss_launch(const void* A, const void* B, void* D, int N, int C, int h, int w, int H,
                                            int W, int num_scales, const float* g3, const float* h3, const float* g5,
                                            const float* h5, int fp16, cudaStream_t stream) {
-  if (N <= 0 || C <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0 || (num_scales != 0 && num_scales != 2))
-    return cudaErrorInvalidValue;
+  using namespace polypseg_mss;
   const Params p{N, C, h, w, H, W, num_scales, g3, h3, g5, h5};
-  const dim3 block(kTileX, kTileY), grid((W + kTileX - 1) / kTileX, (H + kTileY - 1) / kTileY, N);
+  dim3 grid, block;
+  if (!launch_config(p, grid, block)) return cudaErrorInvalidValue;
   if (fp16)
-    mss_kernel<pp_half><<<grid, block, 0, stream>>>(static_cast<const pp_half*>(A), static_cast<const pp_half*>(B),
-                                                    static_cast<pp_half*>(D), p);
+    PP_LAUNCH(mss_kernel<pp_half>, grid, block, stream)(static_cast<const pp_half*>(A), static_cast<const pp_half*>(B),
+                                                        static_cast<pp_half*>(D), p);
   else
-    mss_kernel<float><<<grid, block, 0, stream>>>(static_cast<const float*>(A), static_cast<const float*>(B),
-                                                  static_cast<float*>(D), p);
+    PP_LAUNCH(mss_kernel<float>, grid, block, stream)(static_cast<const float*>(A), static_cast<const float*>(B),
+                                                      static_cast<float*>(D), p);
   return cudaGetLastError();
 }

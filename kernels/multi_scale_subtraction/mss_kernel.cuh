@@ -27,6 +27,18 @@ struct Params {
   const float* h5;
 };
 
+// The launch of mss_kernel for p (used by the GPU launcher mss.cu, which the CPU tests run too): one kTileX × kTileY
+// block per output tile (partial tiles at the right and bottom edges), grid.z = N. False when p is invalid.
+inline bool launch_config(const Params& p, dim3& grid, dim3& block) {
+  if (p.N <= 0 || p.C <= 0 || p.h <= 0 || p.w <= 0 || p.H <= 0 || p.W <= 0 || (p.num_scales != 0 && p.num_scales != 2))
+    return false;
+  if (p.num_scales != 0 && (!p.g3 || !p.h3 || !p.g5 || !p.h5)) return false;
+  grid = dim3(static_cast<unsigned>((p.W + kTileX - 1) / kTileX), static_cast<unsigned>((p.H + kTileY - 1) / kTileY),
+              static_cast<unsigned>(p.N));
+  block = dim3(kTileX, kTileY);
+  return true;
+}
+
 // Bilinear source taps (PyTorch/OpenCV half-pixel rule, clamped).
 PP_HD inline void taps(int d, int n_src, int n_dst, int& i0, int& i1, float& f) {
   const float scale = static_cast<float>(n_src) / static_cast<float>(n_dst);

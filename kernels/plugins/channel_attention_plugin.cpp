@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "plugin_common.h"
+#define POLYPSEG_KERNEL_LIMITS_ONLY  // the kernel's limits, without the kernel
+#include "../channel_attention/cam_kernel.cuh"
 
 namespace polypseg::plugins {
 namespace {
@@ -15,7 +17,7 @@ using nvinfer1::Dims;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
 
-constexpr int64_t kMaxC = 2048;  // = polypseg_cam::kMaxC (kernels/channel_attention/cam_kernel.cuh)
+constexpr int64_t kMaxC = polypseg_cam::kMaxC;  // defined once, in kernels/channel_attention/cam_kernel.cuh
 
 class ChannelAttention final : public PluginBase {
  public:

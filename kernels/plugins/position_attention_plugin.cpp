@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "plugin_common.h"
+#define POLYPSEG_KERNEL_LIMITS_ONLY  // the kernel's limits, without the kernel
+#include "../position_attention/pam_kernel.cuh"
 
 namespace polypseg::plugins {
 namespace {
@@ -15,7 +17,7 @@ using nvinfer1::Dims;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldType;
 
-constexpr int64_t kMaxD = 64;  // = polypseg_pam::kMaxD (kernels/position_attention/pam_kernel.cuh)
+constexpr int64_t kMaxD = polypseg_pam::kMaxD;  // defined once, in kernels/position_attention/pam_kernel.cuh
 
 class PositionAttention final : public PluginBase {
  public:

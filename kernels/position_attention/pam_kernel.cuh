@@ -6,20 +6,35 @@
 // kCh accumulators in registers. Scores are recomputed per channel chunk (C/kCh passes) to keep registers bounded.
 // Float32 accumulation for float16 I/O.
 #pragma once
+
+// Launch shape and limits: the one definition, also read by the TensorRT plugin (position_attention_plugin.cpp
+// includes this header with POLYPSEG_KERNEL_LIMITS_ONLY defined, which skips the kernel below).
+namespace polypseg_pam {
+constexpr int kQ = 64;      // queries per block (= threads per block)
+constexpr int kK = 64;      // keys per shared-memory tile
+constexpr int kCh = 16;     // output channels per pass
+constexpr int kMaxD = 64;   // max query/key width (C/8 for C ≤ 512): 1 ≤ D ≤ kMaxD
+}  // namespace polypseg_pam
+
+#if !defined(POLYPSEG_KERNEL_LIMITS_ONLY)
 #include "../cuda/compat.h"
 #include "../cuda/fiber_emulator.h"
 
 namespace polypseg_pam {
 
-constexpr int kQ = 64;      // queries per block (= threads per block)
-constexpr int kK = 64;      // keys per shared-memory tile
-constexpr int kCh = 16;     // output channels per pass
-constexpr int kMaxD = 64;   // max query/key width (C/8 for C ≤ 512)
-
 struct Params {
   int B, C, D, N;  // D = query/key channels
   float gamma;
 };
+
+// The launch of pam_kernel for p (used by the GPU launcher pam.cu, which the CPU tests run too): ⌈N/kQ⌉ × B blocks
+// of kQ threads. False when p is outside the kernel's limits.
+inline bool launch_config(const Params& p, dim3& grid, dim3& block) {
+  if (p.B <= 0 || p.C <= 0 || p.N <= 0 || p.D <= 0 || p.D > kMaxD) return false;
+  grid = dim3(static_cast<unsigned>((p.N + kQ - 1) / kQ), static_cast<unsigned>(p.B));
+  block = dim3(kQ);
+  return true;
+}
 
 // q, k: [B, D, N]; v, x, out: [B, C, N]
 template <class T>
@@ -79,3 +94,4 @@ PP_GLOBAL void pam_kernel(const T* PP_RESTRICT q, const T* PP_RESTRICT k, const 
 }
 
 }  // namespace polypseg_pam
+#endif  // POLYPSEG_KERNEL_LIMITS_ONLY

@@ -8,6 +8,7 @@ import pytest
 
 from kernels import ops
 from kernels import reference as R
+from kernels.emulation import padded, under_schedules
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXT, reason="C++ extension not built")
 
@@ -19,7 +20,22 @@ SHAPES = [  # (N, C, h, w, H, W): tile edges (16), halo crossings, one pixel, la
     (1, 256, 4, 5, 8, 10),
     (1, 8, 7, 9, 16, 16),
     (1, 4, 10, 13, 10, 13),
+    (1, 3, 20, 17, 40, 35),  # 3 × 3 tiles, partial in both directions: interior halos on every side
 ]
+
+
+def _emu_mss(a, b, bn):
+    """The kernel through its GPU launcher on the CPU, under every schedule, with NaN guard zones around the inputs
+    and the output (out-of-bounds reads poison the result, out-of-bounds writes fail)."""
+    ap, bp = padded(a)[0], padded(b)[0]
+
+    def run():
+        d, check = padded(np.full(b.shape, np.nan, b.dtype))
+        ops._ext.emu_mss(ap, bp, d, bn)
+        check()
+        return d.copy()
+
+    return under_schedules(run)
 
 
 def _bn(rng, c):
@@ -34,8 +50,7 @@ def test_kernel_float32(shape, scales):
     a = rng.standard_normal((N, C, h, w)).astype(np.float32)
     b = rng.standard_normal((N, C, H, W)).astype(np.float32)
     bn = _bn(rng, C) if scales else None
-    d = np.full((N, C, H, W), np.nan, np.float32)
-    ops._ext.emu_mss(a, b, d, bn)
+    d = _emu_mss(a, b, bn)
     ref = R.multi_scale_subtraction(a, b, *((bn[0], bn[1]), (bn[2], bn[3])) if scales else (None, None))
     assert np.isfinite(d).all(), "every output written"
     assert np.allclose(d, ref, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(ref).max()))
@@ -48,10 +63,10 @@ def test_kernel_float16_accumulates_in_float32(shape):
     a = rng.standard_normal((N, C, h, w)).astype(np.float16)
     b = rng.standard_normal((N, C, H, W)).astype(np.float16)
     bn = _bn(rng, C)
-    d = np.zeros((N, C, H, W), np.float16)
-    ops._ext.emu_mss(a, b, d, bn)
+    d = _emu_mss(a, b, bn)
     ref = R.multi_scale_subtraction(a.astype(np.float32), b.astype(np.float32), (bn[0], bn[1]), (bn[2], bn[3]))
     # only the final store rounds to float16: error ≤ half an ulp of the result (plus float32 noise)
+    assert np.isfinite(d.astype(np.float32)).all(), "every output written"
     assert np.all(np.abs(d.astype(np.float64) - ref) <= np.abs(ref) * 2.0**-11 + 1e-3)
 
 
