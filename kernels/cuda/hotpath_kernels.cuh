@@ -1,6 +1,7 @@
 // CUDA versions of the per-frame hot path (see kernels/src/hotpath.h for the CPU versions and the semantics).
 // Compiled by nvcc for the GPU pipeline, and by the host compiler (compat.h) for CPU execution in tests.
 #pragma once
+#include "bilinear.h"
 #include "compat.h"
 
 namespace polypseg_cuda {
@@ -29,23 +30,8 @@ inline void normalisation(const float* mean, const float* stdv, float3_like& sca
   }
 }
 
-// OpenCV INTER_LINEAR source coordinate (half-pixel centres, clamped), as in the CPU path.
-PP_HD inline void src_coord(int d, float scale, int n_src, int& i0, int& i1, float& f) {
-  float s = (d + 0.5f) * scale - 0.5f;
-  int i = static_cast<int>(floorf(s));
-  float fr = s - static_cast<float>(i);
-  if (i < 0) {
-    i = 0;
-    fr = 0.f;
-  }
-  if (i >= n_src - 1) {
-    i = n_src - 1;
-    fr = 0.f;
-  }
-  i0 = i;
-  i1 = i + 1 < n_src ? i + 1 : n_src - 1;
-  f = fr;
-}
+// Bilinear taps: the one definition shared with the C++ hot path (bilinear.h).
+using polypseg_bilinear::src_coord;
 
 // One thread per output pixel: bilinear sample of the BGR frame, RGB planes, (v/255 − mean)/std.
 // OutT is float or pp_half (__half under nvcc, a round-to-nearest-even 16-bit type on the CPU).
@@ -57,8 +43,8 @@ PP_GLOBAL void preprocess_kernel(const unsigned char* PP_RESTRICT src, int H, in
   if (x >= w || y >= h) return;
   int x0, x1, y0, y1;
   float fx, fy;
-  src_coord(x, static_cast<float>(W) / w, W, x0, x1, fx);
-  src_coord(y, static_cast<float>(H) / h, H, y0, y1, fy);
+  src_coord(x, polypseg_bilinear::scale(W, w), W, x0, x1, fx);
+  src_coord(y, polypseg_bilinear::scale(H, h), H, y0, y1, fy);
   const unsigned char* r0 = src + y0 * stride;
   const unsigned char* r1 = src + y1 * stride;
   const long long plane = static_cast<long long>(h) * w, o = static_cast<long long>(y) * w + x;
@@ -75,8 +61,8 @@ PP_GLOBAL void preprocess_kernel(const unsigned char* PP_RESTRICT src, int H, in
 PP_HD inline int fg_at(const float* PP_RESTRICT logits, int h, int w, int H, int W, int X, int Y, float thr) {
   int x0, x1, y0, y1;
   float fx, fy;
-  src_coord(X, static_cast<float>(w) / W, w, x0, x1, fx);
-  src_coord(Y, static_cast<float>(h) / H, h, y0, y1, fy);
+  src_coord(X, polypseg_bilinear::scale(w, W), w, x0, x1, fx);
+  src_coord(Y, polypseg_bilinear::scale(h, H), h, y0, y1, fy);
   const float top = (1.f - fx) * logits[y0 * w + x0] + fx * logits[y0 * w + x1];
   const float bot = (1.f - fx) * logits[y1 * w + x0] + fx * logits[y1 * w + x1];
   return ((1.f - fy) * top + fy * bot) > thr ? 1 : 0;

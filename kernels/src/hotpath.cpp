@@ -2,6 +2,8 @@
 // vectorises, rows split over std::threads.
 #include "hotpath.h"
 
+#include "../cuda/bilinear.h"  // the bilinear taps, defined once for the CUDA kernels and this file
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -17,23 +19,6 @@
 
 namespace polypseg {
 namespace {
-
-// OpenCV INTER_LINEAR source coordinate for destination index d: half-pixel centres, clamped at both ends.
-inline void src_coord(int d, double scale, int n_src, int& i0, float& f) {
-  double s = (d + 0.5) * scale - 0.5;
-  int i = static_cast<int>(std::floor(s));
-  double fr = s - i;
-  if (i < 0) {
-    i = 0;
-    fr = 0;
-  }
-  if (i >= n_src - 1) {
-    i = n_src - 1;
-    fr = 0;
-  }
-  i0 = i;
-  f = static_cast<float>(fr);
-}
 
 template <class F>
 void parallel_rows(int rows, int threads, F&& fn) {
@@ -57,11 +42,8 @@ struct Taps {
   std::vector<int> i0, i1;
   std::vector<float> f;
   Taps(int n_dst, int n_src) : i0(n_dst), i1(n_dst), f(n_dst) {
-    double scale = static_cast<double>(n_src) / n_dst;
-    for (int d = 0; d < n_dst; ++d) {
-      src_coord(d, scale, n_src, i0[d], f[d]);
-      i1[d] = std::min(i0[d] + 1, n_src - 1);
-    }
+    const float step = polypseg_bilinear::scale(n_src, n_dst);
+    for (int d = 0; d < n_dst; ++d) polypseg_bilinear::src_coord(d, step, n_src, i0[d], i1[d], f[d]);
   }
 };
 

@@ -15,7 +15,8 @@ import torch
 import training
 from export.errors import ExportError
 from export.onnx import collect_frames, export_fp32, export_onnx
-from export.plugins import PLUGIN_DOMAIN, cpu_session, make_deploy_graph, plugin_nodes
+from export.plugin_cpu import cpu_session
+from export.plugins import PLUGIN_DOMAIN, make_deploy_graph, plugin_nodes
 from kernels import ops
 from kernels.plugin_library import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS
 
@@ -143,7 +144,7 @@ def test_deploy_graph_is_refused_by_plain_onnxruntime(edge_exports, tmp_path):
 
 def test_kernel_mutation_is_caught(kvasir, tmp_path, monkeypatch):
     """A wrong plugin (here: A and B swapped, so the coarser map is not upsampled) fails the parity check."""
-    import export.plugins as P
+    import export.plugin_cpu as P
 
     model = training.load_model("msnet_effl0", "msnet_effl0-kvasir").eval()
     hw = model.spec.input_hw
@@ -151,14 +152,49 @@ def test_kernel_mutation_is_caught(kvasir, tmp_path, monkeypatch):
     deploy, _ = make_deploy_graph(m, model)
     real = P._run_op
 
-    def swapped(op, inputs, params):
+    def swapped(op, inputs, params, impl):
         a, b = inputs
         small = a[..., : a.shape[2], : a.shape[3]]
-        return real(op, [b[..., : small.shape[2], : small.shape[3]], b], params)
+        return real(op, [b[..., : small.shape[2], : small.shape[3]], b], params, impl)
 
     monkeypatch.setattr(P, "_run_op", swapped)
     with pytest.raises(AssertionError):
         assert _parity(m, deploy, _frames(kvasir, hw, 1, model)) < 1e-3
+
+
+def test_each_cpu_session_keeps_its_own_implementation(tmp_path, monkeypatch):
+    """A "kernel" and a "reference" session of one deploy graph, created in that order, each run their own plugin
+    implementation afterwards, in any order (the choice must not be process-global state that the last session
+    created overrides)."""
+    from kernels import reference as R
+
+    model = training.create_model("msnet_effl0").eval()
+    deploy, _ = make_deploy_graph(export_fp32(model, (64, 64), tmp_path / "ref.onnx"), model)
+    ops._need_ext()
+    ran: list[str] = []
+
+    def spy(impl, fn):
+        def wrapped(*args, **kwargs):
+            ran.append(impl)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(ops._ext, "emu_mss", spy("kernel", ops._ext.emu_mss))  # the CUDA source on the emulator
+    monkeypatch.setattr(R, "multi_scale_subtraction", spy("reference", R.multi_scale_subtraction))  # float64 NumPy
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+
+    def implementations(sess):
+        ran.clear()
+        sess.run(None, {"input": x})
+        return sorted(set(ran)), len(ran)
+
+    kernel = cpu_session(deploy, "kernel")
+    reference = cpu_session(deploy, "reference")
+    assert implementations(kernel) == (["kernel"], 10)
+    assert implementations(reference) == (["reference"], 10)
+    cpu_session(deploy, "kernel")  # a later session of the other implementation changes neither
+    assert implementations(reference) == (["reference"], 10)
+    assert implementations(kernel) == (["kernel"], 10)
 
 
 def test_models_without_blocks_are_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""kernels.roofline: byte/FLOP counts of hand-computed instances, instance enumeration from real forward passes, the
+"""export.roofline: byte/FLOP counts of hand-computed instances, instance enumeration from real forward passes, the
 unfused node lists against real exported graphs (float32 and the FP16 graph's casts), and the CLI's JSON."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from kernels import roofline as R
-from kernels.roofline import DEVICES, Instance, count, predict
+from export import roofline as R
+from export.roofline import DEVICES, Instance, count, predict
 
 
 def _mss(h, w, H, W, scales=0, C=2):
@@ -157,9 +157,9 @@ def _block_signature(m, block, fp16: bool):
     of its Casts (every Cast whose output a block node reads)."""
     import numpy as np
 
-    from export.plugins import _Index
+    from export.graph import GraphIndex
 
-    ix = _Index(m)
+    ix = GraphIndex(m)
     byname = {n.name: n for n in m.graph.node}
     nodes = [byname[n] for n in block.nodes if byname[n].op_type not in _PLUMBING | {"Cast"}]
 
@@ -190,6 +190,7 @@ def _roofline_signature(inst, fp16: bool):
 def _check_export(model, hw, tmp_path, make_instance):
     import onnx
 
+    from export.graph import GraphIndex
     from export.onnx import export_fp32
     from export.plugins import find_blocks
     from export.precision import to_fp16
@@ -201,9 +202,7 @@ def _check_export(model, hw, tmp_path, make_instance):
         m = onnx.shape_inference.infer_shapes(m)
         blocks = find_blocks(m, model)
         assert blocks
-        from export.plugins import _Index
-
-        ix = _Index(m)
+        ix = GraphIndex(m)
         for b in blocks:
             inst = make_instance(b, [ix.shape(t) for t in b.inputs])
             assert _block_signature(m, b, fp16) == _roofline_signature(inst, fp16), (b.name, fp16)

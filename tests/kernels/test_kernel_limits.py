@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import ops, roofline
+from export import roofline
+from kernels import ops
 from kernels.kernel_constants import kernel_constants
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +35,12 @@ def test_plugins_use_the_kernel_limits_not_copies():
         assert re.search(rf"{name}\s*=\s*polypseg_\w+::{name}\b", src), f"{plugin} must take {name} from the .cuh"
 
 
-def test_export_checks_match_the_kernel_limits():
+def test_export_checks_use_the_kernel_limits():
+    from export import plugins
+
+    assert (plugins.PAM_MAX_D, plugins.CAM_MAX_C) == (kernel_constants("pam")["kMaxD"], kernel_constants("cam")["kMaxC"])
     src = (ROOT / "export" / "plugins.py").read_text()
-    d = re.search(r"query width \{sq\[1\]\} above the plugin's limit of (\d+)", src)
-    c = re.search(r"\{sx\[1\]\} channels, above the plugin's limit of (\d+)", src)
-    assert d and c, "export/plugins.py no longer states the limits this test compares"
-    assert int(d.group(1)) == kernel_constants("pam")["kMaxD"]
-    assert int(c.group(1)) == kernel_constants("cam")["kMaxC"]
-    assert re.search(rf"sq\[1\] > {kernel_constants('pam')['kMaxD']}\b", src)
-    assert re.search(rf"sx\[1\] > {kernel_constants('cam')['kMaxC']}\b", src)
+    assert not re.search(r"\b(64|2048)\b", src), "export/plugins.py repeats a kernel limit instead of reading it"
 
 
 @pytest.mark.skipif(not ops.HAS_EXT, reason="C++ extension not built")
