@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_bytes", "sha256_file", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["check_destination", "sha256_bytes", "sha256_file", "write_bytes_atomic", "write_json_atomic"]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -48,3 +48,21 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """``obj`` as indented JSON (non-JSON values through ``str``), written atomically."""
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def check_destination(path: str | os.PathLike[str], suffixes: tuple[str, ...] = ()) -> str | None:
+    """Why ``path`` cannot be written (wrong suffix, a directory, a folder that cannot be created or written), or
+    None; checked before long work starts, by creating and removing a probe file beside it."""
+    p = Path(path)
+    if suffixes and p.suffix not in suffixes:
+        return f"{str(p)!r} must end in {' or '.join(suffixes)}"
+    if p.is_dir():
+        return f"{str(p)!r} is a directory: give a file name{' ending in ' + suffixes[0] if suffixes else ''}"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write to {str(p.parent)!r}: {e.strerror or e}"
+    return None

@@ -164,7 +164,7 @@ def _pipeline_row(args, row, streams, model, hw, data, ref, torch_be, torch_man)
         print(f"{row}: skipped ({e})", file=sys.stderr, flush=True)
         return None
     with be:
-        name = row + (f"@{be.streams}" if be.streams != 1 or streams else "")
+        name = row + (f"@{streams}" if streams is not None else "")  # the row as named (streams column: what ran)
         return rb.measure(name, be, man, data, rounds=args.rounds, pipeline_frames=args.pipeline_frames,
                           reference=ref, size_mb=path.stat().st_size / 2**20)
 

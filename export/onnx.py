@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from common.cli import entry
+from common.io import check_destination
 from runtime.manifest import Manifest, manifest_path, sha256_file
 
 from .errors import ExportError
@@ -127,15 +128,9 @@ def collect_frames(
 
 
 def _check_writable(out: Path) -> None:
-    if out.suffix != ".onnx":
-        raise ExportError(f"output must be a .onnx path, got {str(out)!r}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ExportError(f"cannot write to {str(out.parent)!r}: {e.strerror or e}") from None
+    why = check_destination(out, (".onnx",))
+    if why:
+        raise ExportError(f"output {why}")
 
 
 # --------------------------------------------------------------------------------------------- graph

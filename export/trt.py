@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from common.cli import entry
-from common.io import write_bytes_atomic, write_json_atomic
+from common.io import check_destination, write_bytes_atomic, write_json_atomic
 from runtime.backends.tensorrt import load_plugin_libraries
 from runtime.errors import BackendUnavailableError
 from runtime.manifest import Manifest, manifest_path, sha256_file
@@ -336,17 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_destination(out: Path) -> None:
     """Refuse a destination that cannot be written before any long work starts."""
-    if out.suffix not in (".engine", ".plan"):
-        raise ExportError(f"--out must end in .engine or .plan, got {str(out)!r}")
-    if out.is_dir():
-        raise ExportError(f"--out {str(out)!r} is a directory: give a file name ending in .engine")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ExportError(f"cannot write to {str(out.parent)!r}: {e.strerror or e}") from None
+    why = check_destination(out, (".engine", ".plan"))
+    if why:
+        raise ExportError(f"--out {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,6 @@ Named weights shipped with the toolkit live in ``training/weights/<alias>.pt`` a
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -33,7 +32,6 @@ __all__ = [
     "KNOWN_UNUSED_KEYS",
     "WEIGHTS_DIR",
     "extract_state_dict",
-    "file_sha256",
     "guess_model",
     "load_model",
     "read_checkpoint",
@@ -63,14 +61,6 @@ def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
     shipped = sorted(q.stem for q in WEIGHTS_DIR.glob("*.pt")) if WEIGHTS_DIR.is_dir() else []
     hint = f"; shipped checkpoints: {', '.join(shipped)}" if shipped else ""
     raise CheckpointError(f"checkpoint {str(ref)!r} not found: no such file and no shipped checkpoint of that name{hint}")
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(ref: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:

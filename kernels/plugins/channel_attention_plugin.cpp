@@ -14,29 +14,16 @@ namespace polypseg::plugins {
 namespace {
 
 using nvinfer1::Dims;
-using nvinfer1::PluginField;
-using nvinfer1::PluginFieldType;
 
 constexpr int64_t kMaxC = polypseg_cam::kMaxC;  // defined once, in kernels/channel_attention/cam_kernel.cuh
 
-class ChannelAttention final : public PluginBase {
+class ChannelAttention final : public GammaPlugin<ChannelAttention> {
  public:
   static constexpr char kName[] = "ChannelAttention";
 
-  static std::vector<FieldSpec> fieldSpecs() {
-    return {{"gamma", PluginFieldType::kFLOAT32, 1, "write 'gamma' as a FLOAT attribute (the block's learned scale)"}};
-  }
-
-  static PluginBase* create(FieldReader const& fields) { return new ChannelAttention(singleFloat(fields, "gamma")); }
-
-  explicit ChannelAttention(float gamma) : PluginBase(kName, 1), gamma_(gamma) {
-    metadata_ = "gamma=" + formatFloat(gamma_);
-    timing_cache_id_ = "r1";  // gamma changes no work; "r1" = kernel revision (bump when the kernel changes)
-  }
+  explicit ChannelAttention(float gamma) : GammaPlugin(kName, 1, gamma) {}
 
  protected:
-  PluginBase* cloneImpl() const override { return new ChannelAttention(gamma_); }
-
   char const* inputName(int32_t) const noexcept override { return "input X [B, C, H, W]"; }
 
   int32_t outputShapeInput() const noexcept override { return 0; }
@@ -57,13 +44,6 @@ class ChannelAttention final : public PluginBase {
     return polypseg_cam_launch(inputs[0], output, toInt(x.d[0], "B"), toInt(x.d[1], "C"),
                                toInt(x.d[2] * x.d[3], "N = H*W"), gamma_, fp16 ? 1 : 0, stream);
   }
-
-  void serialFields(std::vector<PluginField>& out) const override {
-    out.emplace_back("gamma", &gamma_, PluginFieldType::kFLOAT32, 1);
-  }
-
- private:
-  float gamma_;
 };
 
 }  // namespace

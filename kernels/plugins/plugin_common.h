@@ -199,6 +199,30 @@ class PluginBase : public nvinfer1::IPluginV3,
   nvinfer1::PluginFieldCollection serial_fc_{};
 };
 
+// The attention plugins' common shape (CRTP): one field, 'gamma' (kFLOAT32, one finite value: the learned scale of
+// the attention term), which is also all they serialise; Derived(float gamma) builds the plugin.
+template <class Derived>
+class GammaPlugin : public PluginBase {
+ public:
+  static std::vector<FieldSpec> fieldSpecs() {
+    return {{"gamma", nvinfer1::PluginFieldType::kFLOAT32, 1,
+             "write 'gamma' as a FLOAT attribute (the block's learned scale)"}};
+  }
+  static PluginBase* create(FieldReader const& fields) { return new Derived(singleFloat(fields, "gamma")); }
+
+ protected:
+  GammaPlugin(char const* name, int32_t nb_inputs, float gamma) : PluginBase(name, nb_inputs), gamma_(gamma) {
+    metadata_ = "gamma=" + formatFloat(gamma_);
+    timing_cache_id_ = "r1";  // gamma changes no work; "r1" = kernel revision (bump when the kernel changes)
+  }
+  PluginBase* cloneImpl() const override { return new Derived(gamma_); }
+  void serialFields(std::vector<nvinfer1::PluginField>& out) const override {
+    out.emplace_back("gamma", &gamma_, nvinfer1::PluginFieldType::kFLOAT32, 1);
+  }
+
+  float gamma_;
+};
+
 // ------------------------------------------------------------------------------------------------------ creator
 // IPluginCreatorV3One for a Plugin type providing:
 //   static constexpr char kName[];  static std::vector<FieldSpec> fieldSpecs();

@@ -14,29 +14,16 @@ namespace polypseg::plugins {
 namespace {
 
 using nvinfer1::Dims;
-using nvinfer1::PluginField;
-using nvinfer1::PluginFieldType;
 
 constexpr int64_t kMaxD = polypseg_pam::kMaxD;  // defined once, in kernels/position_attention/pam_kernel.cuh
 
-class PositionAttention final : public PluginBase {
+class PositionAttention final : public GammaPlugin<PositionAttention> {
  public:
   static constexpr char kName[] = "PositionAttention";
 
-  static std::vector<FieldSpec> fieldSpecs() {
-    return {{"gamma", PluginFieldType::kFLOAT32, 1, "write 'gamma' as a FLOAT attribute (the block's learned scale)"}};
-  }
-
-  static PluginBase* create(FieldReader const& fields) { return new PositionAttention(singleFloat(fields, "gamma")); }
-
-  explicit PositionAttention(float gamma) : PluginBase(kName, 4), gamma_(gamma) {
-    metadata_ = "gamma=" + formatFloat(gamma_);
-    timing_cache_id_ = "r1";  // gamma changes no work; "r1" = kernel revision (bump when the kernel changes)
-  }
+  explicit PositionAttention(float gamma) : GammaPlugin(kName, 4, gamma) {}
 
  protected:
-  PluginBase* cloneImpl() const override { return new PositionAttention(gamma_); }
-
   char const* inputName(int32_t i) const noexcept override {
     static char const* const kNames[] = {"input Q [B, D, H, W]", "input K [B, D, H, W]", "input V [B, C, H, W]",
                                          "input X [B, C, H, W]"};
@@ -68,13 +55,6 @@ class PositionAttention final : public PluginBase {
                                toInt(x.d[1], "C"), toInt(q.d[1], "D"), toInt(x.d[2] * x.d[3], "N = H*W"), gamma_,
                                fp16 ? 1 : 0, stream);
   }
-
-  void serialFields(std::vector<PluginField>& out) const override {
-    out.emplace_back("gamma", &gamma_, PluginFieldType::kFLOAT32, 1);
-  }
-
- private:
-  float gamma_;
 };
 
 }  // namespace

@@ -25,7 +25,7 @@ def test_bench_side_by_side_rows_on_a_real_clip(clip, data_dir, tmp_path):
     kv = data_dir / "kvasir-seg"
     r = _bench("--model", "msnet_effl0", "--input-size", "96", "128", "--input-size", "64", "64", "--source", str(clip),
                "--backends", "naive,ort-fp32,openvino-int8", "--rounds", "3", "--pipeline-frames", "12",
-               "--accuracy-frames", "8", "--calib-data", str(kv), "--calib-split", str(kv / "splits" / "train.txt"),
+               "--accuracy-frames", "0", "--calib-data", str(kv), "--calib-split", str(kv / "splits" / "train.txt"),
                "--calib-count", "8", "--work-dir", str(work), "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())
@@ -40,8 +40,13 @@ def test_bench_side_by_side_rows_on_a_real_clip(clip, data_dir, tmp_path):
         assert naive["speedup_vs_naive"] == pytest.approx(1.0)
         assert fp32["speedup_vs_naive"] == pytest.approx(fp32["fps"] / naive["fps"])
         assert naive["dice_vs_torch"] == pytest.approx(1.0)
-        # ONNX Runtime FP32 at the same input size computes what PyTorch computes
-        assert fp32["dice_vs_torch"] > 0.98 and abs(fp32["dice_vs_gt"] - naive["dice_vs_gt"]) < 0.02
+        # ONNX Runtime FP32 at the same input size computes what PyTorch computes; at 64×64 the model finds (almost)
+        # no polyp in this clip, and the comparator refuses to judge a Dice over (almost) no pixels
+        if fp32["input_hw"] == [96, 128]:
+            assert fp32["dice_vs_torch"] > 0.98
+        else:
+            assert fp32["dice_vs_torch"] is None or fp32["dice_vs_torch"] > 0.98
+        assert abs(fp32["dice_vs_gt"] - naive["dice_vs_gt"]) < 0.02
         assert int8["precision"] == "int8" and fp32["precision"] == "fp32"
     assert "openvino-int8 64x64" in r.stdout  # several sizes: rows are labelled with theirs
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
