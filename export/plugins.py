@@ -126,7 +126,7 @@ def _scope(qualname: str) -> str:
 
 
 def _attention_blocks(ix: GraphIndex, model) -> list[Block]:
-    from training.models.msga import ChannelAttention, PositionAttention
+    from training.models.blocks import ChannelAttention, PositionAttention
 
     blocks = []
     for qual, mod in model.named_modules():
@@ -177,7 +177,7 @@ def _attention_blocks(ix: GraphIndex, model) -> list[Block]:
 
 def find_blocks(m: onnx.ModelProto, model) -> list[Block]:
     """The plugin-eligible blocks of an exported graph of ``model`` (a registry model instance)."""
-    from training.models.msga import ChannelAttention, PositionAttention
+    from training.models.blocks import ChannelAttention, PositionAttention
     from training.models.msnet import MSNet
 
     if isinstance(model, MSNet):

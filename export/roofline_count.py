@@ -61,7 +61,7 @@ def instances(model_name: str) -> list[Instance]:
     import torch
 
     import training
-    from training.models.msga import ChannelAttention, PositionAttention
+    from training.models.blocks import ChannelAttention, PositionAttention
     from training.models.msnet import MSNet
 
     with torch.device("meta"):  # shapes only: no weight initialisation, no arithmetic

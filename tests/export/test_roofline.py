@@ -91,7 +91,7 @@ def test_default_models_are_the_plugin_models():
 
 def test_instances_of_every_model(table):
     import training
-    from training.models.msga import ChannelAttention, PositionAttention
+    from training.models.blocks import ChannelAttention, PositionAttention
     from training.models.msnet import SUBTRACTION_UNITS
 
     f32 = [r for r in table if r["dtype"] == "float32"]

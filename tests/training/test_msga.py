@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import training.models.msga as msga_mod  # the package __init__ does not import the family yet
 from training import create_model, get_spec, load_model
-from training.models.msga import SCALE_MODULES, UNUSED_MODULES, ChannelAttention, MSGAOutputs, PositionAttention
+from training.models.blocks import ChannelAttention, PositionAttention
+from training.models.msga import SCALE_MODULES, UNUSED_MODULES, MSGAOutputs
 from tests.official_keys import fake_state_dict, read_tsv
 
 SMALL = 64

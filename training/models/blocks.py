@@ -1,4 +1,5 @@
-"""Building blocks shared by the model families: CBR units, resizing, input checks, M2SNet's fixed box sums."""
+"""Building blocks shared by the model families: CBR units, resizing, input checks, M2SNet's fixed box sums, and
+the DANet attention blocks (PAM/CAM) that MSGA uses and the export side replaces with plugins."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CBR", "FixedOnesConv", "InputCheckMixin", "box_sum", "up_to"]
+__all__ = ["CBR", "ChannelAttention", "FixedOnesConv", "InputCheckMixin", "PositionAttention", "box_sum", "up_to"]
 
 
 class CBR(nn.Sequential):
@@ -110,3 +111,53 @@ class InputCheckMixin:
             raise ValueError(
                 f"input height and width must be multiples of {d}, got {h}x{w}; resize or pad to {ph}x{pw}"
             )
+
+
+# ---------------------------------------------------------------------------- DANet attention (Fu et al., CVPR 2019)
+class PositionAttention(nn.Module):
+    """DANet position attention (official ``PAM_Module``), plugin-eligible.
+
+    With x (B, C, H, W), N = H·W, Q = query_conv(x) and K = key_conv(x) (C/8 channels), V = value_conv(x) (C):
+    ``energy = Qᵀ·K`` (B, N, N) — no 1/√d scaling, as in the official code —, ``A = softmax(energy, dim=-1)``,
+    ``out = V·Aᵀ`` (i.e. out[:, :, n] = Σ_m A[n, m] · V[:, :, m]) and the result is ``gamma · out + x``, with the
+    scalar ``gamma`` initialised to 0. Memory is O(N²): N = 4,096 at a 256² network input.
+    """
+
+    def __init__(self, in_dim: int = 64) -> None:
+        super().__init__()
+        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.query_conv(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        k = self.key_conv(x).flatten(2)  # (B, C/8, N)
+        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # (B, N, N), rows sum to 1
+        v = self.value_conv(x).flatten(2)  # (B, C, N)
+        out = torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)
+        return self.gamma * out + x
+
+
+class ChannelAttention(nn.Module):
+    """DANet channel attention (official ``CAM_Module``), plugin-eligible; no convolutions.
+
+    With X = x viewed as (B, C, N): ``E = X·Xᵀ`` (B, C, C), ``E' = rowmax(E) − E`` (max over the last dimension,
+    kept as in the official code although softmax is shift-invariant: it makes the softmax favour *dissimilar*
+    channels), ``A = softmax(E', dim=-1)``, ``out = A·X`` and the result is ``gamma · out + x``, ``gamma``
+    initialised to 0. Entries of E sum N products: keep this block in FP32 under reduced precision.
+    """
+
+    def __init__(self, in_dim: int = 64) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        xf = x.flatten(2)  # (B, C, N)
+        energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
+        energy_new = torch.amax(energy, dim=-1, keepdim=True) - energy
+        attn = torch.softmax(energy_new, dim=-1)
+        out = torch.bmm(attn, xf).view(b, c, h, w)
+        return self.gamma * out + x

@@ -3,12 +3,14 @@
 * Sinha, Dolz, "Multi-scale self-guided attention for medical image segmentation", IEEE Journal of Biomedical and
   Health Informatics 25(1), 2021 (online 2020), arXiv 1906.02849. Official code: sinAshish/Multi-Scale-Attention
   (``DAF_stack``), read at commit 96d76f27 for behaviour only; this file is written from ``shared/docs/models.md`` §6.
+  The encoder lives in :mod:`training.models.backbones.resnext`, the PAM/CAM blocks in :mod:`training.models.blocks`.
 
 Architecture (§6.2): the four ResNeXt stages are projected to 64 channels and resized to H/4 (``down1..4``), fused
 into one multi-scale map (``fuse1``), and every scale is refined twice. Each refinement stage runs, on
-``concat(downK, guide)`` (128 channels), a position-attention branch (:class:`PositionAttention`, DANet PAM), a
-channel-attention branch (:class:`ChannelAttention`, DANet CAM) and a shared semantic encoder-decoder
-(:class:`SemanticModule`) whose output gates the attention sum. Stage 1 is guided by ``fuse1``, stage 2 by
+``concat(downK, guide)`` (128 channels), a position-attention branch (DANet PAM,
+:class:`~training.models.blocks.PositionAttention`), a channel-attention branch (DANet CAM,
+:class:`~training.models.blocks.ChannelAttention`) and a shared semantic encoder-decoder (:class:`SemanticModule`)
+whose output gates the attention sum. Stage 1 is guided by ``fuse1``, stage 2 by
 ``attention1_K · fuse1``. The output is the mean of the four upsampled stage-2 predictions.
 
 Parameter names and registration order equal the official ``DAF_stack()`` state_dict (1,372 entries,
@@ -48,18 +50,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import InputCheckMixin, up_to
+from .backbones.resnext import ResNeXt101
+from .blocks import ChannelAttention, InputCheckMixin, PositionAttention, up_to
 from .registry import register_model
 
-__all__ = [
-    "ChannelAttention",
-    "MSGANet",
-    "MSGAOutputs",
-    "MultiConv",
-    "PositionAttention",
-    "ResNeXt101",
-    "SemanticModule",
-]
+__all__ = ["MSGANet", "MSGAOutputs", "MultiConv", "SemanticModule"]
 
 # Per scale (coarsest first, the official evaluation order): (down map, stage-1 pam/cam suffix, stage-1 conv_sem,
 # stage-1 conv8, stage-2 pam/cam suffix, stage-2 conv_sem, stage-2 conv8). The official names do NOT follow the scale
@@ -79,121 +74,7 @@ UNUSED_MODULES = tuple(
 )
 
 
-# ============================================================================================ ResNeXt-101 32x8d
-class Bottleneck(nn.Module):
-    """torchvision-style (v1.5, stride on the 3×3) grouped bottleneck; keys ``conv1..3``, ``bn1..3``, ``downsample``."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 32, base_width: int = 8) -> None:
-        super().__init__()
-        width = int(planes * (base_width / 64.0)) * groups
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
-
-
-class ResNeXt101(nn.Module):
-    """ResNeXt-101 32x8d, stages grouped as the official wrapper does; no avgpool/fc.
-
-    Keys: ``layer0.0`` = conv1 (7×7 s2, ``in_channels``→64, no bias), ``layer0.1`` = bn1; ``layer1.0`` = max-pool,
-    ``layer1.1.N`` = the first stage's blocks; ``layer2..4.N``. Outputs 256@H/4, 512@H/8, 1024@H/16, 2048@H/32.
-    With ``in_channels=1`` it has 86,736,064 parameters (models.md §6.1).
-    """
-
-    out_channels = (256, 512, 1024, 2048)
-
-    def __init__(self, in_channels: int = 1, layers: tuple[int, ...] = (3, 4, 23, 3)) -> None:
-        super().__init__()
-        self.layer0 = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
-        )
-        inplanes = 64
-        stages = []
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
-            blocks = []
-            for j in range(n):
-                blocks.append(Bottleneck(inplanes, planes, stride=2 if (i > 0 and j == 0) else 1))
-                inplanes = planes * Bottleneck.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.layer1 = nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), stages[0])
-        self.layer2, self.layer3, self.layer4 = stages[1], stages[2], stages[3]
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        l1 = self.layer1(self.layer0(x))
-        l2 = self.layer2(l1)
-        l3 = self.layer3(l2)
-        return [l1, l2, l3, self.layer4(l3)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[-1]
-
-
 # ============================================================================================ attention blocks
-class PositionAttention(nn.Module):
-    """DANet position attention (official ``PAM_Module``), plugin-eligible.
-
-    With x (B, C, H, W), N = H·W, Q = query_conv(x) and K = key_conv(x) (C/8 channels), V = value_conv(x) (C):
-    ``energy = Qᵀ·K`` (B, N, N) — no 1/√d scaling, as in the official code —, ``A = softmax(energy, dim=-1)``,
-    ``out = V·Aᵀ`` (i.e. out[:, :, n] = Σ_m A[n, m] · V[:, :, m]) and the result is ``gamma · out + x``, with the
-    scalar ``gamma`` initialised to 0. Memory is O(N²): N = 4,096 at a 256² network input.
-    """
-
-    def __init__(self, in_dim: int = 64) -> None:
-        super().__init__()
-        self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
-        self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q = self.query_conv(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
-        k = self.key_conv(x).flatten(2)  # (B, C/8, N)
-        attn = torch.softmax(torch.bmm(q, k), dim=-1)  # (B, N, N), rows sum to 1
-        v = self.value_conv(x).flatten(2)  # (B, C, N)
-        out = torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)
-        return self.gamma * out + x
-
-
-class ChannelAttention(nn.Module):
-    """DANet channel attention (official ``CAM_Module``), plugin-eligible; no convolutions.
-
-    With X = x viewed as (B, C, N): ``E = X·Xᵀ`` (B, C, C), ``E' = rowmax(E) − E`` (max over the last dimension,
-    kept as in the official code although softmax is shift-invariant: it makes the softmax favour *dissimilar*
-    channels), ``A = softmax(E', dim=-1)``, ``out = A·X`` and the result is ``gamma · out + x``, ``gamma``
-    initialised to 0. Entries of E sum N products: keep this block in FP32 under reduced precision.
-    """
-
-    def __init__(self, in_dim: int = 64) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        xf = x.flatten(2)  # (B, C, N)
-        energy = torch.bmm(xf, xf.transpose(1, 2))  # (B, C, C)
-        energy_new = torch.amax(energy, dim=-1, keepdim=True) - energy
-        attn = torch.softmax(energy_new, dim=-1)
-        out = torch.bmm(attn, xf).view(b, c, h, w)
-        return self.gamma * out + x
-
-
 class AttentionLayer(nn.Module):
     """Official ``PAM_CAM_Layer``: ``attn`` = conv3×3 2C→C, BN, PReLU, PAM|CAM, conv3×3 C→C, BN, PReLU."""
 
