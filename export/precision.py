@@ -350,11 +350,31 @@ def _quantized_weighted_ops(model: onnx.ModelProto) -> int:
 
 
 def lint_qdq_for_tensorrt(model: onnx.ModelProto) -> list[str]:
-    """Problems TensorRT would reject in a Q/DQ graph (empty list = acceptable).
+    """Problems TensorRT 10/11 would reject in a Q/DQ graph, or run with other numbers than ONNX Runtime (empty list
+    = acceptable).
 
-    Checks: zero points are all-zero int8 constants (symmetric, no uint8); scales positive; activation scales per
-    tensor; weight scales per tensor or per channel on axis 0 (Conv) / 1 (ConvTranspose); no quantised bias (a DQ
-    feeding input 2 of a Conv); Q inputs are float.
+    TensorRT's own ONNX parser is the judge where it can be run (TensorRT-RTX on any machine, see
+    ``tests/export/test_rtx_gate.py``, which pins every rule below against it); this lint runs everywhere, without
+    TensorRT, and keeps the rules TensorRT-RTX 1.7 lets through although datacenter/Jetson TensorRT does not:
+
+    ===========================================  =====================  ============================================
+    rule                                         TensorRT-RTX 1.7.1     why kept
+    ===========================================  =====================  ============================================
+    zero point not all-zero (int8 or uint8)      parser rejects         also the parser's rule (no TensorRT here)
+    uint8 zero point equal to 0                  accepted (warning,     ONNX Runtime reads [0, 255], TensorRT
+                                                 read as int8)          [-128, 127]: silent clipping above 127·scale
+    scale ≤ 0                                    parser rejects         also the parser's rule
+    scale not a build-time constant              parsed; the builder    TensorRT: INT8 scales are build-time
+                                                 crashes (SIGSEGV)      constants; RTX must never see such a graph
+    per-channel scale on an activation           accepted               TensorRT: activations per tensor only
+    weight scale on the wrong axis (Conv: 0,     accepted (weights      TensorRT quantises along the output
+    ConvTranspose: 1)                            folded to float)       channels, K
+    quantised (int32) bias                       parser rejects         also the parser's rule
+    uint8 weights                                parser rejects         also the parser's rule
+    ===========================================  =====================  ============================================
+
+    Weights are int8 constants → DQ, or float constants → Q → DQ (TensorRT accepts both); anything else with a Q/DQ
+    is an activation. A weighted op without Q/DQ is not a problem (it runs in float, e.g. ``exclude_nodes``).
     """
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     consts = {}
@@ -366,8 +386,10 @@ def lint_qdq_for_tensorrt(model: onnx.ModelProto) -> list[str]:
     values = {**inits, **consts}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
-        for i, name in enumerate(n.input):
+        for name in n.input:
             consumers.setdefault(name, []).append(n)
+    # weight Q/DQ: DQ of a constant, Q of a constant, and the DQ of such a Q (float weights → Q → DQ)
+    weight_q = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in values}
     problems = []
     for n in model.graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -375,30 +397,36 @@ def lint_qdq_for_tensorrt(model: onnx.ModelProto) -> list[str]:
         scale = values.get(n.input[1]) if len(n.input) > 1 else None
         zp = values.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if scale is None:
+            # TensorRT-RTX parses a run-time scale, and its builder then crashes the process (DQ feeding a Conv)
             problems.append(f"{n.name}: scale is not a build-time constant")
             continue
         if np.any(scale <= 0):
             problems.append(f"{n.name}: non-positive scale")
         if zp is not None:
             if zp.dtype != np.int8:
+                # a uint8 zero point of 0 is accepted (TensorRT reads it as int8, with a warning), but then means
+                # [-128, 127] in TensorRT and [0, 255] in ONNX Runtime
                 problems.append(f"{n.name}: zero point of type {zp.dtype} (TensorRT needs int8, symmetric)")
             elif np.any(zp != 0):
                 problems.append(f"{n.name}: non-zero zero point (TensorRT supports symmetric quantisation only)")
-        weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
+        weight = n.input[0] in values or (n.op_type == "DequantizeLinear" and n.input[0] in weight_q)
         if scale.size > 1:
             axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-            users = consumers.get(n.output[0], [])
             if not weight:
+                # TensorRT-RTX accepts it; TensorRT quantises activations per tensor only
                 problems.append(f"{n.name}: per-channel scale on an activation (TensorRT needs per-tensor)")
-            for u in users:
-                want = 1 if u.op_type == "ConvTranspose" else 0
-                if u.op_type in ("Conv", "ConvTranspose") and axis != want:
-                    problems.append(f"{n.name}: per-channel weight scale on axis {axis}, {u.op_type} needs axis {want}")
+            elif n.op_type == "DequantizeLinear":
+                # TensorRT-RTX accepts any axis (it folds the weights to float); TensorRT quantises along K
+                for u in consumers.get(n.output[0], []):
+                    want = 1 if u.op_type == "ConvTranspose" else 0
+                    if u.op_type in ("Conv", "ConvTranspose") and u.input[1] == n.output[0] and axis != want:
+                        problems.append(f"{n.name}: per-channel weight scale on axis {axis}, {u.op_type} needs axis "
+                                        f"{want}")
         if n.op_type == "DequantizeLinear":
             for u in consumers.get(n.output[0], []):
                 if u.op_type in ("Conv", "ConvTranspose", "Gemm") and len(u.input) > 2 and u.input[2] == n.output[0]:
                     problems.append(f"{n.name}: quantised bias of {u.name} (TensorRT: bias must stay float)")
-            src = inits.get(n.input[0])
+            src = values.get(n.input[0])
             if src is not None and src.dtype == np.uint8:
                 problems.append(f"{n.name}: uint8 weights (TensorRT needs int8)")
     return problems

@@ -46,7 +46,9 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path, product: st
     for i in range(parser.num_errors):
         e = parser.get_error(i)
         where = f"node {e.node_name()!r} ({e.node_operator()})" if e.node() >= 0 else "graph"
-        errs.append(f"{where}: {e.desc()}")
+        # one line: the parser's description may span lines, plus a no-device CUDA note from TensorRT-RTX
+        desc = " ".join(ln.strip() for ln in e.desc().splitlines() if ln.strip() and "cudaError 35" not in ln)
+        errs.append(f"{where}: {desc}")
     raise ExportError(f"{product}'s ONNX parser rejected {onnx_path.name}: " + "; ".join(errs[:3]))
 
 
