@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from training import load_model
+from common.cli import run
 from training.train import lr_at, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,12 +67,12 @@ def test_resume_refuses_another_models_run(kvasir, tmp_path, capsys):
     assert main(_args(kvasir, tmp_path, "--epochs", "1", "--max-steps", "1")) == 0
     args = _args(kvasir, tmp_path, "--epochs", "2", "--resume")
     args[args.index("msnet_effl0")] = "m2snet_effl0"
-    assert main(args) == 1
+    assert run(main, args) == 1  # the command wrapper: one line, exit 1
     assert "is a 'msnet_effl0' run, not 'm2snet_effl0'" in capsys.readouterr().err
 
 
 def test_bad_data_is_one_line(tmp_path, capsys):
-    assert main(["--model", "msnet_effl0", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
+    assert run(main, ["--model", "msnet_effl0", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
 
