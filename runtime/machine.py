@@ -11,7 +11,6 @@ Torch-free; cuda-python, TensorRT, ONNX Runtime and OpenVINO are all optional.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib
 import os
 import re
@@ -20,6 +19,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.io import sha256_file
 
 __all__ = ["GPU_PROVIDERS", "MachineFacts", "PluginLibraryFacts", "classify_cuda_status", "machine_facts",
            "probe_gpu", "probe_nvidia_driver", "probe_onnxruntime", "probe_openvino", "probe_plugin_library",
@@ -221,7 +222,7 @@ def probe_plugin_library(path: str | os.PathLike[str] | None = None, *, compute_
     if found is None or not found.is_file():
         return PluginLibraryFacts(None, searched, load_error="not found" if found is None else f"{found}: no such file")
     p = str(found.resolve())
-    facts: dict[str, Any] = {"sha256": hashlib.sha256(found.read_bytes()).hexdigest()}
+    facts: dict[str, Any] = {"sha256": sha256_file(found)}
     try:
         code = device_code(p)
         facts.update(sass=code.sass, ptx=code.ptx)

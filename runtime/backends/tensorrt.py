@@ -187,10 +187,13 @@ class TrtBackend(Backend):
 
     def _open_steps(self) -> None:
         require_device()  # before anything TensorRT: a runtime without a device crashes the process
-        from ..machine import machine_facts
+        from ..machine import MachineFacts, probe_gpu, probe_version
 
         self.plugin_libs = self._plugins_to_load()
-        problems = engine_problems(self.manifest, machine_facts(), self.plugin_libs, name=self.engine_path.name)
+        notes: list[str] = []  # the facts an engine is checked against (runtime.doctor gathers them all)
+        facts = MachineFacts(**probe_gpu(), tensorrt=probe_version("tensorrt", notes),
+                             tensorrt_rtx=probe_version("tensorrt_rtx", notes))
+        problems = engine_problems(self.manifest, facts, self.plugin_libs, name=self.engine_path.name)
         if problems:
             more = f" (and {len(problems) - 1} more: python -m runtime.doctor --model {self.engine_path})" \
                 if len(problems) > 1 else ""
