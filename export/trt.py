@@ -147,7 +147,7 @@ def resolve_target(target: str = "tensorrt", compute_capabilities: Sequence[str]
         raise ExportError(f"--compute-capability {bad[0]} is not a TensorRT-RTX target; valid: "
                           f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
     trt = _import_flavour(target)
-    cc = ",".join(sorted(compute_capabilities, key=lambda c: tuple(map(int, c.split("."))))) or "any"
+    cc = ",".join(sorted(set(compute_capabilities), key=lambda c: tuple(map(int, c.split("."))))) or "any"
     return BuildTarget(target, flavour, trt, trt.__version__, cc, "any RTX GPU (ahead of time)" if cc == "any"
                        else f"RTX GPUs of compute capability {cc}", _cuda_version_of(trt))
 
@@ -191,20 +191,39 @@ def engine_provenance(manifest: Manifest, target: BuildTarget, plugin_libs: Sequ
     }
 
 
-def rebuild_command(manifest: Manifest, target: str, out: Path) -> str:
-    prec = manifest.precision
+def rebuild_command(manifest: Manifest, target: str, out: Path, compute_capability: str = "any",
+                    workspace_mb: int = 1024) -> str:
+    """The command that builds this engine again: same model, weights, size, calibration and target."""
+    import shlex
+
+    prec, cfg = manifest.precision, manifest.export_config
+    q = shlex.quote
     parts = ["python -m export.trt", f"--model {manifest.model}", f"--{prec}"]
     if manifest.checkpoint:
-        parts.append(f"--checkpoint {manifest.checkpoint}")
+        parts.append(f"--checkpoint {q(manifest.checkpoint)}")
     if list(manifest.input_hw) != list(_native_hw(manifest.model) or manifest.input_hw):
         parts.append(f"--input-size {manifest.input_hw[0]} {manifest.input_hw[1]}")
     if manifest.dynamic_batch:
         parts.append("--dynamic-batch")
+    if prec == "int8":  # the same calibration, so the same scales (the calibration hash in the manifest)
+        for opt, key in (("--calib-data", "calib_data"), ("--calib-split", "calib_split")):
+            if cfg.get(key):
+                parts.append(f"{opt} {q(str(cfg[key]))}")
+        if cfg.get("calib_count"):
+            parts.append(f"--calib-count {cfg['calib_count']}")
+        if cfg.get("calib_method"):
+            parts.append(f"--calib-method {cfg['calib_method']}")
+        if cfg.get("exclude_nodes"):
+            parts.append("--exclude-nodes " + " ".join(q(n) for n in cfg["exclude_nodes"]))
     if manifest.plugins:
         parts.append("--plugins")
     if target != "tensorrt":
         parts.append(f"--target {target}")
-    parts.append(f"--out {out.name}")
+    for cc in ([] if compute_capability == "any" or target == "tensorrt" else compute_capability.split(",")):
+        parts.append(f"--compute-capability {cc}")
+    if workspace_mb != 1024:
+        parts.append(f"--workspace-mb {workspace_mb}")
+    parts.append(f"--out {q(str(out))}")
     return " ".join(parts)
 
 
@@ -284,7 +303,7 @@ def build_engine(
     manifest.engine = {
         **prov, "cache_key": key, "shapes": shapes, "dynamic_batch": manifest.dynamic_batch, "io": io,
         "onnx": onnx_path.name, "engine_sha256": digest, "engine_bytes": len(data), "cache_hit": hit is not None,
-        "build_s": round(time.perf_counter() - t0, 2), "rebuild": rebuild_command(manifest, target, out),
+        "build_s": round(time.perf_counter() - t0, 2), "rebuild": rebuild_command(manifest, target, out, bt.compute_capability, workspace_mb),
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
@@ -363,11 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest.save(manifest_path(onnx_path))
     why = why_no_engine(args.target)
     if why:
+        where = ("On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a TensorRT 11 GPU machine) run"
+                 if args.target == "tensorrt" else "After `pip install tensorrt-rtx-cu13` (any machine) run")
         print(
             f"ONNX written: {onnx_path} + {manifest_path(onnx_path).name} ({manifest.precision}, precision carried "
-            f"in the graph). No engine built: {why}. On the target (Jetson Orin with JetPack 6 / TensorRT 10, or a "
-            f"TensorRT 11 GPU machine) run: {rebuild_command(manifest, args.target, out)} — it writes the engine "
-            "manifest the runtime checks before loading (a bare trtexec engine has none)",
+            f"in the graph). No engine built: {why}. {where}: {rebuild_command(manifest, args.target, out)} — it "
+            "writes the engine manifest the runtime checks before loading (a bare trtexec engine has none)",
             file=sys.stderr,
         )
         return EXIT_NO_ENGINE

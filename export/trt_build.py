@@ -4,6 +4,7 @@ graph (no builder flags, no calibrators), timing cache, build progress, dynamic-
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
@@ -80,7 +81,8 @@ def _timing_cache(trt: Any, config: Any, path: Path) -> None:
         cache = config.create_timing_cache(blob)
         if cache is None and blob:  # a damaged or foreign cache: start afresh rather than fail the build
             cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not config.set_timing_cache(cache, ignore_mismatch=False) and blob:  # recorded on another device
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 class _Progress:
@@ -111,9 +113,24 @@ def build_plan(onnx_path: Path, manifest: Manifest, target: Any, product: str, p
     """Parse ``onnx_path`` with ``target``'s TensorRT (a :class:`export.trt.BuildTarget`) and build a strongly typed
     plan; returns its bytes and the network's I/O (recorded in the engine manifest)."""
     trt = target.trt
+    registry = trt.get_plugin_registry()
+    handles = load_plugin_libraries(registry, plugin_libs) if plugin_libs else []
+    try:  # the plugin registry is process-wide: unregister what this build loaded, whatever happens
+        return _build(trt, onnx_path, manifest, target, product, workspace_mb, timing_dir, progress, log)
+    finally:
+        for h in handles:
+            registry.deregister_library(h)
+
+
+def _timing_cache_path(timing_dir: Path, target: Any) -> Path:
+    """One timing cache per TensorRT build and GPU model (two GPUs of one compute capability differ in timings)."""
+    gpu = re.sub(r"[^A-Za-z0-9.]+", "_", target.gpu).strip("_")
+    return timing_dir / f"{target.flavour}-{target.version}-{target.compute_capability}-{gpu}.cache"
+
+
+def _build(trt: Any, onnx_path: Path, manifest: Manifest, target: Any, product: str, workspace_mb: int,
+           timing_dir: Path, progress: bool, log: Callable[[str], None]) -> tuple[bytes, list[dict[str, Any]]]:
     logger = trt.Logger(trt.Logger.WARNING)
-    if plugin_libs:
-        load_plugin_libraries(trt.get_plugin_registry(), plugin_libs)
     builder = trt.Builder(logger)
     network = _network(trt, builder, target.flavour)
     parser = parse_onnx(trt, network, logger, onnx_path, product)
@@ -124,7 +141,7 @@ def build_plan(onnx_path: Path, manifest: Manifest, target: Any, product: str, p
         config.num_compute_capabilities = len(caps)
         for i, cc in enumerate(caps):
             config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")), i)
-    tc_path = timing_dir / f"{target.flavour}-{target.version}-{target.compute_capability}.cache"
+    tc_path = _timing_cache_path(timing_dir, target)
     _timing_cache(trt, config, tc_path)
     monitor = _Progress(trt, log) if progress else None
     if monitor is not None:
@@ -147,7 +164,17 @@ def build_plan(onnx_path: Path, manifest: Manifest, target: Any, product: str, p
     data = bytes(plan)
     if not data:
         raise ExportError(f"{product} returned an empty engine")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        write_bytes_atomic(tc_path, bytes(config.get_timing_cache().serialize()))
+    _save_timing_cache(config, tc_path, log)
     return data, io
+
+
+def _save_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> None:
+    """Keep the build's timings for the next build; a cache that cannot be saved never fails a finished build."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cache = config.get_timing_cache()
+            if cache is not None:
+                write_bytes_atomic(path, bytes(cache.serialize()))
+    except Exception as e:  # noqa: BLE001 - e.g. a full disk: the engine itself is still good
+        log(f"warning: timing cache not saved ({type(e).__name__}: {e})")

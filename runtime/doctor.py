@@ -23,8 +23,8 @@ the SASS and PTX it carries (read from the file by :mod:`kernels.fatbin`) and wh
   ``runtime.engine_check.engine_problems`` (TensorRT flavour and version, GPU, CUDA, plugin libraries).
 
 ``--require gpu|trt|plugins|ort|openvino`` (repeatable) makes a missing capability an error: ``gpu`` a usable CUDA
-device; ``trt`` that plus a TensorRT runtime (``tensorrt`` or ``tensorrt_lean``); ``plugins`` the plugin library
-found, loading with all three creators and carrying a kernel image for this GPU (when there is one); ``ort`` /
+device; ``trt`` that plus a TensorRT the backend loads engines with (``tensorrt`` or ``tensorrt_rtx``);
+``plugins`` the plugin library found, loading with all three creators and carrying a kernel image for this GPU (when there is one); ``ort`` /
 ``openvino`` the CPU runtime.
 
 Exit status: 0 when everything requested can work here (without ``--model`` or ``--require``, always 0: the table
@@ -89,7 +89,8 @@ def requirement_problems(req: str, f: MachineFacts) -> list[str]:
     if req == "gpu":
         return gpu
     if req == "trt":
-        trt = [] if f.tensorrt or f.tensorrt_lean else ["no TensorRT runtime (pip install tensorrt)"]
+        trt = [] if f.tensorrt or f.tensorrt_rtx else [
+            "no TensorRT runtime the TensorRT backend loads (tensorrt, or tensorrt-rtx-cu13 on an RTX GPU)"]
         return gpu + trt
     if req == "plugins":
         return plugin_problems(f)

@@ -20,8 +20,9 @@ from .manifest import Manifest, sha256_file
 
 __all__ = ["RTX_GPUS", "engine_problems", "flavour_module", "product_name"]
 
-#: compute capabilities TensorRT-RTX runs on (its ComputeCapability targets: Turing … Blackwell RTX)
-RTX_GPUS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
+#: compute capabilities a default ("any") TensorRT-RTX engine runs on: Ampere and later RTX GPUs; Turing (7.5) only
+#: when the engine was built for it explicitly (export.trt --target rtx --compute-capability 7.5)
+RTX_GPUS = ("8.0", "8.6", "8.9", "12.0", "12.1")
 _PRODUCTS = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 _FACT = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -92,9 +93,12 @@ def engine_problems(manifest: Manifest, facts: Any, plugin_libs: Sequence[str | 
         if flavour == "tensorrt-rtx":
             allowed = RTX_GPUS if built in ("", "any") else tuple(built.split(","))
             if here not in allowed:
+                how = (f"rebuild it for this GPU: python -m export.trt --model {manifest.model} --{manifest.precision} "
+                       f"--target rtx --compute-capability {here}" if here == "7.5" else
+                       f"build a TensorRT engine on it instead (python -m export.trt --model {manifest.model} "
+                       f"--{manifest.precision})")
                 problems.append(f"{name} is a TensorRT-RTX engine for compute capability {', '.join(allowed)}; this "
-                                f"GPU ({getattr(facts, 'gpu_name', '?')}) is {here}: build a TensorRT engine on it "
-                                f"instead (python -m export.trt --model {manifest.model} --{manifest.precision})")
+                                f"GPU ({getattr(facts, 'gpu_name', '?')}) is {here}: {how}")
         elif built and built != here:
             problems.append(f"{name} was built for a GPU of compute capability {built} ({eng.get('gpu', '?')}), this "
                             f"GPU is {here} ({getattr(facts, 'gpu_name', '?')}): {fix}")

@@ -31,13 +31,13 @@ __all__ = ["TrtBackend", "capture_graph", "engine_io", "io_shapes", "load_plugin
 
 def _import_trt(flavour: str = "tensorrt"):
     module = flavour_module(flavour)
+    how = ("TensorRT 10/11 on the GPU machine (JetPack ships it on Jetson)" if flavour == "tensorrt"
+           else "tensorrt-rtx-cu13")
     try:
         return __import__(module)
     except Exception as e:  # noqa: BLE001
-        raise BackendUnavailableError(
-            f"{product_name(flavour)} Python bindings are not importable ({type(e).__name__}): install "
-            f"{'TensorRT 10/11 on the GPU machine (JetPack ships it on Jetson)' if flavour == 'tensorrt' else 'tensorrt-rtx-cu13'}"
-        ) from None
+        raise BackendUnavailableError(f"{product_name(flavour)} Python bindings are not importable "
+                                      f"({type(e).__name__}): install {how}") from None
 
 
 def tensorrt_available() -> bool:
@@ -63,8 +63,11 @@ def load_plugin_libraries(registry: Any, libs: Sequence[str | os.PathLike[str]])
     for p in libs:
         h = registry.load_library(str(p))
         if h is None:
-            raise EngineError(f"TensorRT could not load the plugin library {p} (see its log above): rebuild it for "
-                              "this TensorRT (cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=…)")
+            for loaded in handles:  # all or nothing: the registry is process-wide
+                registry.deregister_library(loaded)
+            raise EngineError(f"TensorRT could not load the plugin library {p} (see its log above; a library whose "
+                              "creators are already registered in this process is refused too): rebuild it for this "
+                              "TensorRT (cmake -S kernels -B build/plugins -DTENSORRT_INCLUDE_DIR=…)")
         handles.append(h)
     return handles
 
@@ -130,9 +133,10 @@ def capture_graph(cudart: Any, stream: Any, enqueue: Callable[[Any], bool]) -> t
         err, graph = cudart.cudaStreamEndCapture(stream)
         if int(err) != 0:
             graph = None
-    if not ok or graph is None:
-        if graph is not None:
+        elif not ok and graph is not None:  # a failed or raising enqueue: no graph of it survives
             cudart.cudaGraphDestroy(graph)
+            graph = None
+    if graph is None:
         return None
     err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
     if int(err) != 0:
@@ -191,8 +195,8 @@ class TrtBackend(Backend):
 
         self.plugin_libs = self._plugins_to_load()
         notes: list[str] = []  # the facts an engine is checked against (runtime.doctor gathers them all)
-        facts = MachineFacts(**probe_gpu(), tensorrt=probe_version("tensorrt", notes),
-                             tensorrt_rtx=probe_version("tensorrt_rtx", notes))
+        mine = flavour_module(self.flavour) if self.flavour in ("tensorrt", "tensorrt-rtx") else "tensorrt"
+        facts = MachineFacts(**probe_gpu(), **{mine: probe_version(mine, notes)})
         problems = engine_problems(self.manifest, facts, self.plugin_libs, name=self.engine_path.name)
         if problems:
             more = f" (and {len(problems) - 1} more: python -m runtime.doctor --model {self.engine_path})" \

@@ -136,6 +136,25 @@ def test_every_handle_is_released():
 
 
 # --------------------------------------------------------------------------------------------- plugin loading
+def test_plugin_loading_is_all_or_nothing():
+    """A list whose second library fails leaves nothing registered: the registry is process-wide, and a library whose
+    creators are already registered is refused (TensorRT answers None)."""
+    trt = pytest.importorskip("tensorrt_lean")
+    from kernels.plugin_library import find_plugin_library
+
+    lib = find_plugin_library()
+    if lib is None:
+        pytest.skip("plugin library not built")
+    reg = trt.get_plugin_registry()
+    with pytest.raises(EngineError, match="could not load the plugin library"):
+        load_plugin_libraries(reg, [lib, find_cuda_hotpath() or Path(sys.executable)])
+    handles = load_plugin_libraries(reg, [lib])  # the first one was unregistered again
+    with pytest.raises(EngineError, match="already registered in this process"):
+        load_plugin_libraries(reg, [lib])
+    for h in handles:
+        reg.deregister_library(h)
+
+
 def test_a_library_tensorrt_cannot_load_is_an_error_naming_it():
     """load_library answers None for a library it cannot load; that None used to be ignored until deserialising
     failed with "plugin not found"."""
@@ -253,6 +272,9 @@ def test_rtx_engine_against_machines(rtx_engines):
         "other RTX build": (_gpu(tensorrt_rtx="1.7.0.60"), f"built with TensorRT-RTX {v}, this machine has "
                                                            "TensorRT-RTX 1.7.0.60"),
         "Orin": (_gpu(tensorrt_rtx=v, compute_capability="8.7", gpu_name="Orin"), "this GPU (Orin) is 8.7"),
+        "Turing": (_gpu(tensorrt_rtx=v, compute_capability="7.5", gpu_name="T4"),
+                   "this GPU (T4) is 7.5: rebuild it for this GPU: python -m export.trt --model msnet_effl0 --fp16 "
+                   "--target rtx --compute-capability 7.5"),
         "old driver": (_gpu(tensorrt_rtx=v, driver_cuda_version="12.6"), "this driver supports CUDA up to 12.6"),
         "no GPU": (MachineFacts(gpu_count=0, gpu_status="no NVIDIA driver on this machine", tensorrt_rtx=v),
                    "needs an NVIDIA GPU, and no NVIDIA driver on this machine"),
