@@ -62,7 +62,8 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
 
     return cached_export(CACHE / "onnx", args.model, checkpoint=args.checkpoint, precision=args.precision,
                          int8_flavour=flavour, input_hw=args.input_size, calib_data=args.calib_data,
-                         calib_count=args.calib_count, progress=sys.stderr.isatty(), log=log)
+                         calib_count=args.calib_count, parity_gate=args.parity_gate, progress=sys.stderr.isatty(),
+                         log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the accuracy with python -m export.compare --input-size H W)")
     p.add_argument("--calib-data", help="INT8 calibration frames for --model exports (default: the training data)")
     p.add_argument("--calib-count", type=int, default=256)
+    p.add_argument("--no-parity-gate", dest="parity_gate", action="store_false",
+                   help="--model: keep an export that misses its parity tolerance against PyTorch (recorded in its "
+                        "manifest)")
     p.add_argument("--out", help="write the annotated video here (.mp4)")
     p.add_argument("--show", action="store_true", help="open a window (needs a display and GUI-enabled OpenCV)")
     p.add_argument("--serve", metavar="HOST:PORT", help="stream the annotated video and statistics to a web page")

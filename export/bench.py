@@ -34,14 +34,13 @@ from common.cli import entry
 from common.io import write_json_atomic
 from kernels.frame_reference import preprocess_reference
 from runtime import bench as rb
-from runtime.backends import create_backend, open_backend
+from runtime.backends import open_backend
 from runtime.backends.openvino import openvino_available
 from runtime.errors import BackendUnavailableError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path
 
 from .cache import cached_export
 from .compare import TorchBackend
-from .errors import ExportError
 from .onnx import check_input_size, load_for_export
 
 EXTRA_ROWS = ("torch", "naive")
@@ -50,8 +49,10 @@ LATENCY_DEFAULT = "ort-fp32,ort-fp16,ort-int8,ort-int8-s8,openvino-fp32,openvino
 
 
 def _export(args, model: str, row: str, hw) -> Path:
+    """The row's graph from the export cache. Benchmarks measure: a graph outside its parity tolerance is kept (the
+    Dice columns show it; the gate's verdict is in its manifest)."""
     _, prec, flav, _ = rb.ROWS[row]
-    return cached_export(args.work_dir, model, checkpoint=args.checkpoint, precision=prec,
+    return cached_export(args.work_dir, model, checkpoint=args.checkpoint, precision=prec, parity_gate=False,
                          int8_flavour=flav or "qdq-s8", input_hw=hw, calib_data=args.calib_data,
                          calib_split=args.calib_split, calib_count=args.calib_count, log=lambda *a: None)
 
@@ -69,20 +70,20 @@ def latency(args, rows: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         for row, streams in rows:
             if row == "torch":
                 net, _ = load_for_export(model, args.checkpoint)
-                x = preprocess_reference(bgr, net.spec.input_hw, net.spec.mean, net.spec.std)
-                sessions.append({"model": model, "row": row, "backend": TorchBackend(net, net.spec.input_hw,
-                                 args.threads).open(), "x": x, "path": None, "times": []})
+                hw = check_input_size(model, net.spec, args.input_size[0] if args.input_size else None)
+                x = preprocess_reference(bgr, hw, net.spec.mean, net.spec.std)
+                sessions.append({"model": model, "row": row, "backend": TorchBackend(net, hw, args.threads).open(),
+                                 "x": x, "path": None, "times": []})
                 continue
             kind, _, _, opts = rb.ROWS[row]
-            try:
-                path = _export(args, model, row, None)
-            except ExportError as e:  # e.g. FP16 overflow of an untrained net: skip the row, keep the run
-                print(f"  {model} / {row}: skipped ({e})", flush=True)
-                continue
+            hw = args.input_size[0] if args.input_size else None
+            path = _export(args, model, row, hw)
             man = Manifest.load(path)
-            b = create_backend(kind, path, threads=args.threads, **opts).open()
+            b = open_backend(kind, path, threads=args.threads, streams=streams or args.streams, log=lambda *a: None,
+                             **opts)
             x = preprocess_reference(bgr, man.input_hw, man.mean, man.std)
-            sessions.append({"model": model, "row": row, "backend": b, "x": x, "path": path, "times": []})
+            name = row + (f"@{streams}" if streams is not None else "")
+            sessions.append({"model": model, "row": name, "backend": b, "x": x, "path": path, "times": []})
     for _ in range(args.warmup):
         for s in sessions:
             s["backend"].infer(s["x"], check=False)
@@ -171,8 +172,9 @@ def _pipeline_row(args, row, streams, model, hw, data, ref, torch_be, torch_man)
 
 # --------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--models", "--model", default="msnet,m2snet,msnet_effl0", help="comma-separated registry names")
+    p = argparse.ArgumentParser(prog="python -m export.bench", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--models", "--model", help="comma-separated registry names (default: msnet,m2snet,msnet_effl0; "
+                                               "with --source: msnet_effl0)")
     p.add_argument("--checkpoint", help="checkpoint (default: each model's shipped <model>-kvasir, else untrained)")
     p.add_argument("--rows", "--backends", help="comma-separated rows (runtime.bench.ROWS, torch, naive)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), action="append",
@@ -180,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frame", help="latency mode: image used as input (default: the first Kvasir-SEG val image)")
     p.add_argument("--warmup", type=int, default=5, help="latency mode: untimed rounds")
     p.add_argument("--calib-data", default="../shared/data/kvasir-seg", help="INT8 calibration data")
-    p.add_argument("--calib-split", default="../shared/data/kvasir-seg/splits/train.txt")
+    p.add_argument("--calib-split", help="split file of calibration ids (default: <calib-data>/splits/train.txt when "
+                                         "it exists)")
     p.add_argument("--calib-count", type=int, default=256)
     p.add_argument("--work-dir", default="artifacts/bench", help="export cache")
     rb.add_measure_args(p)
@@ -190,7 +193,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.required = False
     args = p.parse_args(argv)
     rb.check_measure_args(args)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.models = [m.strip() for m in (args.models or ("msnet_effl0" if args.source else "msnet,m2snet,msnet_effl0"))
+                   .split(",") if m.strip()]
+    from training import UnknownModelError, get_spec
+
+    for m in args.models:  # every name checked before anything runs
+        try:
+            get_spec(m)
+        except UnknownModelError as e:
+            raise RuntimeInputError(str(e)) from None
+    if args.calib_split is None and (Path(args.calib_data) / "splits" / "train.txt").is_file():
+        args.calib_split = str(Path(args.calib_data) / "splits" / "train.txt")
+    if not args.source and args.input_size and len(args.input_size) > 1:
+        raise RuntimeInputError("several --input-size are for --source runs; the latency table takes one")
     default = "naive,torch,ort-fp32,ort-int8,openvino-int8" if args.source else LATENCY_DEFAULT
     rows = [rb.parse_row(r.strip(), tuple(rb.ROWS), EXTRA_ROWS) for r in (args.rows or default).split(",") if r.strip()]
     if not args.source and any(r == "naive" for r, _ in rows):

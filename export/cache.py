@@ -71,7 +71,9 @@ def export_settings(name: str, *, checkpoint: str | None = None, precision: str 
     return {
         "model": name, "input_hw": hw, "precision": precision, "checkpoint": checkpoint, "weights": weights,
         "int8_flavour": int8_flavour if int8 else "", "flavour_tag": flavour_tag(int8_flavour) if int8 else "",
-        "calib_data": _abs(calib_data) if int8 or calib_data else "", "calib_split": _abs(calib_split),
+        # the frames shape FP16 (kept-float ranges) and INT8 (scales) graphs; an FP32 graph is the same without them
+        "calib_data": _abs(calib_data) if precision != "fp32" else "",
+        "calib_split": _abs(calib_split) if precision != "fp32" else "",
         "calib_count": int(calib_count) if int8 else 0, "calib_method": (calib_method or spec.int8_calibration)
         if int8 else "", "exclude_nodes": sorted(exclude_nodes), "plugins": bool(plugins),
         "dynamic_batch": bool(dynamic_batch), "opset": OPSET, "toolkit": TOOLKIT_VERSION, "revision": EXPORT_REVISION,
@@ -100,7 +102,8 @@ def _intact(path: Path) -> bool:
 
 
 def cached_export(cache_dir: str | os.PathLike[str], name: str, *, log: Callable[..., None] = print,
-                  progress: bool = False, parity_gate: bool = True, **settings: Any) -> Path:
+                  progress: bool = False, parity_gate: bool = True, parity_tolerance: dict[str, float] | None = None,
+                  **settings: Any) -> Path:
     """The cached export of ``name`` with ``settings`` (keyword arguments of :func:`export.onnx.export_onnx`),
     exported first when missing or damaged; returns the ONNX path (its manifest beside it)."""
     from .onnx import export_onnx
@@ -108,11 +111,16 @@ def cached_export(cache_dir: str | os.PathLike[str], name: str, *, log: Callable
     s = export_settings(name, **settings)
     path = Path(cache_dir) / _file_name(s)
     if path.is_file() and _intact(path):
+        gate = Manifest.load(manifest_path(path)).parity.get("gate") or {}
+        if parity_gate and gate.get("passed") is False:  # kept by an ungated caller: not for a gated one
+            raise ExportError(f"the cached {s['precision']} graph {path.name} misses its parity tolerance against "
+                              f"PyTorch ({(gate.get('failures') or ['?'])[0]})")
         return path
     if path.exists() or manifest_path(path).exists():
         log(f"warning: cached export {path.name} is damaged or incomplete; exporting it again")
     else:
         log(f"first use: exporting {name} ({s['precision']}) to {path} …")
-    export_onnx(name, path, checkpoint=s["checkpoint"], progress=progress, parity_gate=parity_gate, log=log,
+    export_onnx(name, path, checkpoint=s["checkpoint"], progress=progress, parity_gate=parity_gate,
+                parity_tolerance=parity_tolerance, log=log,
                 **{k: v for k, v in settings.items() if k != "checkpoint"})
     return path

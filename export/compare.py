@@ -124,7 +124,9 @@ def compare(
         calib_kw = {"calib_data": data, "calib_split": split}
     for precision in precisions:
         for flavour, backend, label in _rows_for(precision):
+            # this tool measures parity: every graph is kept (the gate's verdict stays in its manifest)
             path = cached_export(work_dir, model_name, checkpoint=checkpoint, precision=precision, input_hw=hw,
+                                 parity_gate=False,
                                  int8_flavour=flavour or "qdq-s8", calib_count=calib_count, calib_method=calib_method,
                                  exclude_nodes=exclude_nodes or (), log=lambda *a: None, **calib_kw)
             if backend == "trt":

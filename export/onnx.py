@@ -46,6 +46,8 @@ TOOLKIT_VERSION = "0.1.0"
 def check_input_size(name: str, spec: Any, input_hw: Sequence[int] | None) -> tuple[int, int]:
     """``input_hw`` (default: the model's) as ``(h, w)``, or a one-line error when the network cannot take it."""
     h, w = (int(v) for v in (input_hw or spec.input_hw))
+    if h < 1 or w < 1:
+        raise ExportError(f"--input-size must be positive, got {h}x{w}")
     if h % spec.size_divisor or w % spec.size_divisor:
         raise ExportError(f"--input-size must be multiples of {spec.size_divisor} for {name}, got {h}x{w}")
     return h, w
@@ -314,7 +316,8 @@ def _manifest(job: _Job, final: Path, par: dict[str, Any], *, dynamic_batch: boo
         num_classes=spec.num_classes, output_activation=spec.output_activation, threshold=spec.threshold,
         dynamic_batch=dynamic_batch, precision=job.precision, quant_flavour=job.flavour, opset=OPSET,
         ir_version=onnx.load(str(final), load_external_data=False).ir_version,
-        onnx_sha256=sha256_file(final), checkpoint=job.src["checkpoint"], checkpoint_sha256=job.src["checkpoint_sha256"],
+        onnx_sha256=sha256_file(final), checkpoint=job.src["checkpoint"],
+        checkpoint_sha256=job.src["checkpoint_sha256"],
         plugins=plugin_summary(job.blocks) if job.blocks else [], fp32_ops=job.fp32_ops, parity=par,
         export_config={"calib_data": job.data_dir, "calib_split": job.data_split,
                        "calib_count": len(job.ids) if job.precision == "int8" else 0, "calib_method": calib_method,

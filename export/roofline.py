@@ -56,13 +56,12 @@ imported only in :func:`instances`).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from common.cli import entry
+from common.io import write_json_atomic
 
 from .roofline_count import (  # noqa: F401 - the counting half, re-exported: export.roofline is the one entry point
     CAM_THREADS,
@@ -259,10 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "fp16_graph_float32_ops": list(FP32_OP_TYPES),
                                "counting_rules": __doc__},
                "instances": rs, "totals": totals(rs)}
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, doc)
     return 0
 
 

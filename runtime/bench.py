@@ -264,17 +264,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not f.is_file():
             raise RuntimeInputError(f"model file {str(f)!r} does not exist")
     backends = [parse_row(b.strip(), ("ort", "openvino", "trt")) for b in args.backends.split(",") if b.strip()]
+    mans = {f: Manifest.load(manifest_path(f)) for f in files}
+    rman = Manifest.load(manifest_path(args.reference)) if args.reference else None
+    for f, m in mans.items():  # checked before any frame is read
+        m.check_matches(f)
+        if rman is not None and list(m.input_hw) != list(rman.input_hw):
+            raise RuntimeInputError(f"--reference {Path(args.reference).name} runs at {rman.input_hw[0]}x"
+                                    f"{rman.input_hw[1]}, {f.name} at {m.input_hw[0]}x{m.input_hw[1]}: the masks are "
+                                    "compared pixel for pixel, so give a reference exported at the same size")
     data = BenchData(args.source, args.accuracy_frames)
     ref = None
-    if args.reference:
-        rman = Manifest.load(manifest_path(args.reference))
+    if rman is not None:
         with open_backend("ort", args.reference, threads=args.threads) as rb:
             ref = [rb.infer(x) for x in data.inputs(rman)]
     rows = []
     print(HEADER, flush=True)
     for f in files:
-        man = Manifest.load(manifest_path(f))
-        man.check_matches(f)
+        man = mans[f]
         for kind, streams in backends:
             if (kind == "trt") != (f.suffix in (".engine", ".plan")):
                 continue

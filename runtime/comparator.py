@@ -12,8 +12,9 @@ tests, so "agrees with PyTorch" means the same thing everywhere:
 * ``dice_vs_gt`` (with ground-truth masks) — per-image Dice of the candidate's mask, its logits resized to the mask
   (bilinear, half-pixel centres) and thresholded, averaged over images.
 
-Tolerances (:data:`TOLERANCES`) are per precision; a model spec or manifest may carry its own
-(``parity_tolerance``), which :func:`tolerance_for` prefers. NumPy and OpenCV only: the runtime stays torch-free.
+Tolerances (:data:`TOLERANCES`) are per precision; a caller may pass its own (``export_onnx(parity_tolerance=…)``),
+which :func:`tolerance_for` prefers; the manifest records the one the graph was checked against. NumPy and OpenCV
+only: the runtime stays torch-free.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ TOLERANCES: dict[str, Tolerance] = {
 
 
 def tolerance_for(precision: str, override: Mapping[str, Any] | None = None) -> Tolerance:
-    """The tolerance of ``precision``: ``override`` (a spec's or manifest's ``parity_tolerance`` entry) first."""
+    """The tolerance of ``precision``: ``override`` (``{"max_rel_diff": …, "min_dice": …}``) first."""
     base = TOLERANCES.get(precision, TOLERANCES["fp32"])
     if override:
         return Tolerance(float(override.get("max_rel_diff", base.max_rel_diff)),
@@ -74,7 +75,7 @@ class Comparison:
         out = []
         if self.nonfinite:
             out.append(f"{self.nonfinite} NaN/Inf logits")
-        if self.rel_diff > tol.max_rel_diff:
+        if self.rel_diff >= tol.max_rel_diff:  # an all-zero output is exactly 1.0 of the scale off
             out.append(f"max |Δlogit| {self.max_abs_diff:.3g} is {self.rel_diff:.2e} of the logit scale "
                        f"(tolerance {tol.max_rel_diff:.0e})")
         if self.dice_vs_torch is not None and self.dice_vs_torch < tol.min_dice:

@@ -111,3 +111,28 @@ def test_runtime_bench_runs_model_files_without_torch(clip, tmp_path):
     rows = json.loads(out.read_text())
     assert [x["streams"] for x in rows] == [1, 2] and all(x["fps"] > 0 for x in rows)
     assert rows[0]["dice_vs_torch"] == pytest.approx(1.0) and 0 <= rows[0]["dice_vs_gt"] <= 1
+
+
+def test_latency_mode_honours_size_and_streams(tmp_path, data_dir):
+    kv = data_dir / "kvasir-seg"
+    out = tmp_path / "l.json"
+    r = _bench("--models", "msnet_effl0", "--rows", "ort-fp32,ort-fp32@2", "--input-size", "64", "64", "--rounds",
+               "2", "--warmup", "1", "--calib-data", str(kv), "--work-dir", str(tmp_path / "w"), "--json", str(out),
+               timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [x["row"] for x in json.loads(out.read_text())] == ["ort-fp32", "ort-fp32@2"]
+    assert [p.name.split("-fp32-")[0] for p in (tmp_path / "w").glob("*.onnx")] == ["msnet_effl0-64x64"]
+    bad = _bench("--models", "nosuch", "--rows", "ort-fp32", "--work-dir", str(tmp_path / "w"), timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: unknown model 'nosuch'"), bad.stderr
+
+
+def test_runtime_bench_refuses_a_reference_of_another_size_up_front(clip, tmp_path):
+    from export.onnx import export_onnx
+
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    for p, hw in ((a, (64, 64)), (b, (96, 96))):
+        export_onnx("msnet_effl0", p, precision="fp32", input_hw=hw, progress=False, log=lambda *x: None)
+    r = subprocess.run([sys.executable, "-m", "runtime.bench", "--onnx", str(a), "--reference", str(b), "--source",
+                        str(clip)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "give a reference exported at the same size" in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr

@@ -78,3 +78,11 @@ def test_cached_export_is_verified_and_heals(tmp_path, kvasir):
     assert cached_export(tmp_path, "msnet_effl0", **kw) == p
     assert any("damaged or incomplete" in m for m in logs)
     Manifest.load(p).check_matches(p)
+
+
+def test_a_cached_graph_that_failed_the_gate_is_not_served_to_a_gated_caller(tmp_path, kvasir):
+    kw = dict(precision="fp16", input_hw=(64, 64), calib_data=str(kvasir), log=lambda *a: None)
+    with pytest.warns(UserWarning):
+        cached_export(tmp_path, "msnet_effl0", parity_gate=False, parity_tolerance={"max_rel_diff": 1e-9}, **kw)
+    with pytest.raises(ExportError, match="misses its parity tolerance"):
+        cached_export(tmp_path, "msnet_effl0", **kw)
