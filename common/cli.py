@@ -13,6 +13,7 @@ The wrapper prints warnings as one ``warning: …`` line each (once), a :class:`
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -31,6 +32,10 @@ def cli_warnings() -> None:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"{e.strerror}{where}: the disk is full or a file-size limit was hit (nothing was kept); free space " \
+               "or write elsewhere"
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.strerror or e}: {e.filename}"
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -3,6 +3,7 @@ flush to disk, rename over the destination (atomic on POSIX). And the SHA-256 ev
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     """Write ``data`` to ``path`` atomically (with ``fsync``, on disk before the rename); nothing is left behind on
     failure."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -40,7 +40,8 @@ from typing import Any, Callable, Sequence
 
 from common.cli import entry
 from common.io import check_destination, write_bytes_atomic, write_json_atomic
-from runtime.backends.tensorrt import load_plugin_libraries
+from runtime.backends.tensorrt import import_flavour, load_plugin_libraries
+from runtime.engine_check import product_name
 from runtime.errors import BackendUnavailableError
 from runtime.manifest import Manifest, manifest_path, sha256_file
 
@@ -55,11 +56,8 @@ EXIT_NO_ENGINE = 3
 CACHE_DIR = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
 #: bumped when this module changes how a plan is built (invalidates cached engines)
 BUILDER_REVISION = 2
-#: --target → (flavour recorded in manifests, Python module, product name, pip package)
-TARGETS: dict[str, tuple[str, str, str, str]] = {
-    "tensorrt": ("tensorrt", "tensorrt", "TensorRT", "tensorrt (JetPack ships it on Jetson)"),
-    "rtx": ("tensorrt-rtx", "tensorrt_rtx", "TensorRT-RTX", "tensorrt-rtx-cu13"),
-}
+#: --target → the engine flavour manifests record (product, module, install: runtime.engine_check.FLAVOURS)
+TARGETS: dict[str, str] = {"tensorrt": "tensorrt", "rtx": "tensorrt-rtx"}
 #: compute capabilities TensorRT-RTX can target ahead of time ("8.9" → ComputeCapability.SM89)
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
@@ -78,28 +76,19 @@ class BuildTarget:
     cuda_version: str
 
 
-def _import_flavour(target: str) -> Any:
-    flavour, module, product, package = TARGETS[target]
-    try:
-        return __import__(module)
-    except Exception as e:  # noqa: BLE001 - ImportError, or a missing libnvinfer behind the bindings
-        raise BackendUnavailableError(f"{product} is not importable here ({type(e).__name__}: {e}); install "
-                                      f"{package}") from None
-
-
 def why_no_engine(target: str = "tensorrt") -> str | None:
     """None when an engine for ``target`` can be built here, else the reason (checked without touching TensorRT's
     runtime or builder)."""
     if target not in TARGETS:
         return f"unknown target {target!r} (valid: {', '.join(TARGETS)})"
-    if TARGETS[target][0] == "tensorrt":
+    if TARGETS[target] == "tensorrt":
         from runtime.cuda import device_status
 
         n, why = device_status()
         if n == 0:
             return f"no CUDA device ({why})"
     try:
-        _import_flavour(target)
+        import_flavour(TARGETS[target])
     except BackendUnavailableError as e:
         return str(e)
     return None
@@ -131,7 +120,7 @@ def resolve_target(target: str = "tensorrt", compute_capabilities: Sequence[str]
     the reason when it cannot build here (for ``tensorrt``: never without a CUDA device)."""
     if target not in TARGETS:
         raise ExportError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
-    flavour = TARGETS[target][0]
+    flavour = TARGETS[target]
     if flavour == "tensorrt":
         from runtime.cuda import compute_capability, device_name, require_device
 
@@ -139,14 +128,14 @@ def resolve_target(target: str = "tensorrt", compute_capabilities: Sequence[str]
             raise ExportError("--compute-capability is for --target rtx; a TensorRT engine is built for the GPU "
                               "it is built on")
         require_device()  # never create a Builder without a device: it crashes the process
-        trt = _import_flavour(target)
+        trt = import_flavour(TARGETS[target])
         return BuildTarget(target, flavour, trt, trt.__version__, "{}.{}".format(*compute_capability()),
                            device_name(), _cuda_version_of(trt))
     bad = [c for c in compute_capabilities if c not in RTX_COMPUTE_CAPABILITIES]
     if bad:
         raise ExportError(f"--compute-capability {bad[0]} is not a TensorRT-RTX target; valid: "
                           f"{', '.join(RTX_COMPUTE_CAPABILITIES)}")
-    trt = _import_flavour(target)
+    trt = import_flavour(TARGETS[target])
     cc = ",".join(sorted(set(compute_capabilities), key=lambda c: tuple(map(int, c.split("."))))) or "any"
     return BuildTarget(target, flavour, trt, trt.__version__, cc, "any RTX GPU (ahead of time)" if cc == "any"
                        else f"RTX GPUs of compute capability {cc}", _cuda_version_of(trt))
@@ -271,7 +260,7 @@ def build_engine(
     onnx_path, out = Path(onnx_path), Path(out)
     libs = [Path(p) for p in plugin_libs]
     bt = resolve_target(target, compute_capabilities)
-    product = TARGETS[target][2]
+    product = product_name(TARGETS[target])
     ops = plugin_ops(onnx_path)
     if ops and bt.flavour == "tensorrt-rtx":
         raise ExportError(f"{onnx_path.name} has plugin nodes ({', '.join(ops)}); TensorRT-RTX cannot host custom "

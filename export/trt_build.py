@@ -124,8 +124,8 @@ def build_plan(onnx_path: Path, manifest: Manifest, target: Any, product: str, p
 
 def _timing_cache_path(timing_dir: Path, target: Any) -> Path:
     """One timing cache per TensorRT build and GPU model (two GPUs of one compute capability differ in timings)."""
-    gpu = re.sub(r"[^A-Za-z0-9.]+", "_", target.gpu).strip("_")
-    return timing_dir / f"{target.flavour}-{target.version}-{target.compute_capability}-{gpu}.cache"
+    gpu = "-" + re.sub(r"[^A-Za-z0-9.]+", "_", target.gpu).strip("_") if target.flavour == "tensorrt" else ""
+    return timing_dir / f"{target.flavour}-{target.version}-{target.compute_capability}{gpu}.cache"
 
 
 def _build(trt: Any, onnx_path: Path, manifest: Manifest, target: Any, product: str, workspace_mb: int,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from common.cli import entry
-from common.io import write_json_atomic
+from common.io import check_destination, write_json_atomic
 from kernels.frame_reference import preprocess_reference
 
 from .backends import open_backend, parse_streams
@@ -246,6 +246,10 @@ def check_measure_args(args: argparse.Namespace) -> None:
     for opt in ("pipeline_frames", "accuracy_frames"):
         if getattr(args, opt) < 0:
             raise RuntimeInputError(f"--{opt.replace('_', '-')} must be 0 (all) or more, got {getattr(args, opt)}")
+    for opt, suffixes in (("json", (".json",)), ("plot", (".png",))):  # before minutes of measuring, not after
+        why = getattr(args, opt) and check_destination(getattr(args, opt), suffixes)
+        if why:
+            raise RuntimeInputError(f"--{opt} {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

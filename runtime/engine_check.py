@@ -18,23 +18,25 @@ from typing import Any, Sequence
 
 from .manifest import Manifest, sha256_file
 
-__all__ = ["RTX_GPUS", "engine_problems", "flavour_module", "product_name"]
+__all__ = ["FLAVOURS", "RTX_GPUS", "engine_problems", "flavour_module", "product_name"]
 
 #: compute capabilities a default ("any") TensorRT-RTX engine runs on: Ampere and later RTX GPUs; Turing (7.5) only
 #: when the engine was built for it explicitly (export.trt --target rtx --compute-capability 7.5)
 RTX_GPUS = ("8.0", "8.6", "8.9", "12.0", "12.1")
-_PRODUCTS = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
-_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-_FACT = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+#: engine flavour (as manifests record it) → (product name, Python module = MachineFacts field, what to install)
+FLAVOURS = {
+    "tensorrt": ("TensorRT", "tensorrt", "TensorRT 10/11 on the GPU machine (JetPack ships it on Jetson)"),
+    "tensorrt-rtx": ("TensorRT-RTX", "tensorrt_rtx", "tensorrt-rtx-cu13"),
+}
 
 
 def product_name(flavour: str) -> str:
-    return _PRODUCTS.get(flavour, flavour)
+    return FLAVOURS[flavour][0] if flavour in FLAVOURS else flavour
 
 
 def flavour_module(flavour: str) -> str:
     """Python module that loads engines of ``flavour`` (``tensorrt`` or ``tensorrt_rtx``)."""
-    return _MODULES[flavour]
+    return FLAVOURS[flavour][1]
 
 
 def _cc(v: Any) -> tuple[int, int] | None:
@@ -68,10 +70,10 @@ def engine_problems(manifest: Manifest, facts: Any, plugin_libs: Sequence[str | 
     problems: list[str] = []
 
     # 1. the TensorRT that reads this kind of plan, at the exact build that wrote it
-    have = getattr(facts, _FACT.get(flavour, "tensorrt"), None)
+    have = getattr(facts, flavour_module(flavour) if flavour in FLAVOURS else "tensorrt", None)
     want = str(eng.get("tensorrt_version", ""))
     other = "tensorrt_rtx" if flavour == "tensorrt" else "tensorrt"
-    if flavour not in _PRODUCTS:
+    if flavour not in FLAVOURS:
         problems.append(f"{name} is of an unknown engine flavour {flavour!r}: {fix}")
     elif have is None:
         also = getattr(facts, other, None)

@@ -21,23 +21,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..cuda import check, pinned_empty, require_device
-from ..engine_check import engine_problems, flavour_module, product_name
+from ..engine_check import FLAVOURS, engine_problems, flavour_module, product_name
 from ..errors import BackendUnavailableError, EngineError, RuntimeInputError
 from ..manifest import Manifest, manifest_path
 from .base import Backend, TensorSpec
 
-__all__ = ["TrtBackend", "capture_graph", "engine_io", "io_shapes", "load_plugin_libraries", "tensorrt_available"]
+__all__ = ["TrtBackend", "capture_graph", "engine_io", "import_flavour", "io_shapes", "load_plugin_libraries",
+           "tensorrt_available"]
 
 
-def _import_trt(flavour: str = "tensorrt"):
-    module = flavour_module(flavour)
-    how = ("TensorRT 10/11 on the GPU machine (JetPack ships it on Jetson)" if flavour == "tensorrt"
-           else "tensorrt-rtx-cu13")
+def import_flavour(flavour: str = "tensorrt"):
+    """The Python module of an engine flavour (``tensorrt`` / ``tensorrt_rtx``); importing creates no runtime."""
+    product, module, how = FLAVOURS[flavour]
     try:
         return __import__(module)
-    except Exception as e:  # noqa: BLE001
-        raise BackendUnavailableError(f"{product_name(flavour)} Python bindings are not importable "
-                                      f"({type(e).__name__}): install {how}") from None
+    except Exception as e:  # noqa: BLE001 - ImportError, or a missing libnvinfer behind the bindings
+        raise BackendUnavailableError(f"{product} Python bindings are not importable ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else ''}): install {how}") from None
 
 
 def tensorrt_available() -> bool:
@@ -48,7 +48,7 @@ def tensorrt_available() -> bool:
         return False
     for flavour in ("tensorrt", "tensorrt-rtx"):
         try:
-            _import_trt(flavour)
+            import_flavour(flavour)
             return True
         except BackendUnavailableError:
             pass
@@ -203,7 +203,7 @@ class TrtBackend(Backend):
                 if len(problems) > 1 else ""
             raise EngineError(problems[0] + more)
         self.manifest.check_matches(self.engine_path)
-        trt = _import_trt(self.flavour)
+        trt = import_flavour(self.flavour)
         from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
 
         self._cudart = cudart
