@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 from common.cli import entry
+from common.paths import cache_root
 from runtime.backends import default_backend, open_backend, parse_streams
 from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path, write_json_atomic
 from runtime.pipeline import Pipeline, VideoSink, create_processor
 from runtime.video import open_source
 
-CACHE = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
 DEFAULT_MODEL = "msnet_effl0"
 
 
@@ -60,7 +60,7 @@ def resolve_model(args: argparse.Namespace, backend: str) -> Path:
     def log(*a):
         print(*a, file=sys.stderr)
 
-    return cached_export(CACHE / "onnx", args.model, checkpoint=args.checkpoint, precision=args.precision,
+    return cached_export(cache_root() / "onnx", args.model, checkpoint=args.checkpoint, precision=args.precision,
                          int8_flavour=flavour, input_hw=args.input_size, calib_data=args.calib_data,
                          calib_count=args.calib_count, parity_gate=args.parity_gate, progress=sys.stderr.isatty(),
                          log=log)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from common.cli import entry
 from common.io import sha256_file
 from runtime.manifest import Manifest, manifest_path
 
@@ -124,3 +125,38 @@ def cached_export(cache_dir: str | os.PathLike[str], name: str, *, log: Callable
                 parity_tolerance=parity_tolerance, log=log,
                 **{k: v for k, v in settings.items() if k != "checkpoint"})
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.cache --model NAME [export options]``: export into the cache when missing or damaged and print
+    the graph's path (the one line on stdout; progress on stderr). The torch-free tools (``runtime.batch``) call it to
+    get a model without importing PyTorch themselves."""
+    import argparse
+    import sys
+
+    from common.paths import cache_root
+
+    from .onnx import PRECISIONS, add_args
+
+    p = argparse.ArgumentParser(prog="python -m export.cache", description=main.__doc__.split("\n")[0])
+    add_args(p)
+    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--cache-dir", help="default: $POLYPSEG_CACHE/onnx, else ~/.cache/polypseg/onnx")
+    a = p.parse_args(argv)
+
+    def log(*x):
+        print(*x, file=sys.stderr, flush=True)
+
+    path = cached_export(a.cache_dir or cache_root() / "onnx", a.model, checkpoint=a.checkpoint, precision=a.precision,
+                         input_hw=a.input_size, dynamic_batch=a.dynamic_batch, calib_data=a.calib_data,
+                         calib_split=a.calib_split, calib_count=a.calib_count, calib_method=a.calib_method,
+                         int8_flavour=a.int8_flavour, exclude_nodes=a.exclude_nodes, plugins=a.plugins,
+                         parity_gate=a.parity_gate, progress=a.progress and sys.stderr.isatty(), log=log)
+    print(path)
+    return 0
+
+
+cli = entry(main)  # console script (pyproject.toml [project.scripts])
+
+if __name__ == "__main__":
+    cli()

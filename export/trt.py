@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 from common.cli import entry
 from common.io import check_destination, write_bytes_atomic, write_json_atomic
+from common.paths import cache_root
 from runtime.backends.tensorrt import import_flavour, load_plugin_libraries
 from runtime.engine_check import product_name
 from runtime.errors import BackendUnavailableError
@@ -53,7 +54,7 @@ __all__ = ["EXIT_NO_ENGINE", "TARGETS", "BuildTarget", "build_engine", "engine_c
            "load_plugin_libraries", "main", "network_io", "parse_onnx", "resolve_target", "why_no_engine"]
 
 EXIT_NO_ENGINE = 3
-CACHE_DIR = Path(os.environ.get("POLYPSEG_CACHE", Path.home() / ".cache" / "polypseg"))
+CACHE_DIR = cache_root()
 #: bumped when this module changes how a plan is built (invalidates cached engines)
 BUILDER_REVISION = 2
 #: --target → the engine flavour manifests record (product, module, install: runtime.engine_check.FLAVOURS)
