@@ -3,15 +3,14 @@ once per actor), the same per-video code as the local processes (:class:`runtime
 
 Ray does placement (``num_cpus`` = the worker's threads, ``num_gpus=1`` for TensorRT engines), restarts an actor that
 dies (``max_restarts``) and retries the video it was running (``max_task_retries``); a retried video rewrites its
-outputs atomically, so each result exists exactly once. The model travels through Ray's object store (nodes need not
-see the driver's model file); videos and the output folder are paths every node must see (shared storage).
+outputs atomically, so each result exists exactly once. Videos and the output folder are paths every node must see
+(shared storage); the job copies its model into ``OUT/.model/`` so that the nodes need not see the driver's file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,20 +28,11 @@ TASK_RETRIES = 2
 
 
 class VideoActor:
-    """A Ray actor around :class:`BatchWorker`: materialises the model from the object store into a private folder
-    (on the node it runs on) and opens it once."""
+    """A Ray actor around :class:`BatchWorker`: opens the job's copy of the model (in the output folder, which every
+    node sees) once."""
 
-    def __init__(self, model_ref: list, backend: str, threads: int, fast: bool) -> None:
-        import ray
-
-        model = ray.get(model_ref[0])  # nested in a list: Ray keeps it alive for restarts of this actor
-        # one copy per node and model (by content), shared by the node's actors and their restarts
-        folder = Path(tempfile.gettempdir()) / "polypseg-models" / sha256_bytes(model["data"])[:16]
-        path = folder / model["name"]
-        if not (path.is_file() and sha256_file(path) == sha256_bytes(model["data"])):
-            write_bytes_atomic(manifest_path(path), model["manifest"])
-            write_bytes_atomic(path, model["data"])
-        self.worker = BatchWorker(str(path), backend, threads, fast)
+    def __init__(self, model_path: str, backend: str, threads: int, fast: bool) -> None:
+        self.worker = BatchWorker(model_path, backend, threads, fast)
 
     def describe(self) -> dict[str, Any]:
         return {**self.worker.describe(), "pid": os.getpid()}
@@ -92,6 +82,16 @@ class RayExecutor:
         return {"num_cpus": self.threads, "num_gpus": 1 if gpu else 0, "max_restarts": ACTOR_RESTARTS,
                 "max_task_retries": TASK_RETRIES, "max_concurrency": 1}
 
+    def _share_model(self, out: Path) -> Path:
+        """The model and its manifest copied into ``OUT/.model/<sha>/`` (shared storage, like the videos and the
+        results): every node opens the same bytes, and restarted actors find them again."""
+        data = self.model_path.read_bytes()
+        dest = out / ".model" / sha256_bytes(data)[:16] / self.model_path.name
+        if not (dest.is_file() and sha256_file(dest) == sha256_bytes(data)):
+            write_bytes_atomic(manifest_path(dest), manifest_path(self.model_path).read_bytes())
+            write_bytes_atomic(dest, data)
+        return dest
+
     def _check_resources(self, ray) -> None:
         res = ray.cluster_resources()
         opts = self.actor_options()
@@ -108,12 +108,10 @@ class RayExecutor:
         from ray.exceptions import RayError
 
         self._check_resources(ray)
-        model = {"name": self.model_path.name, "data": self.model_path.read_bytes(),
-                 "manifest": manifest_path(self.model_path).read_bytes()}
-        ref = ray.put(model)
+        model = self._share_model(Path(out))
         Actor = ray.remote(VideoActor).options(**self.actor_options())  # noqa: N806
         n = min(self.workers, len(tasks))
-        actors = [Actor.remote([ref], self.backend, self.threads, self.fast) for _ in range(n)]
+        actors = [Actor.remote(str(model), self.backend, self.threads, self.fast) for _ in range(n)]
         try:
             try:
                 info = ray.get([a.describe.remote() for a in actors])

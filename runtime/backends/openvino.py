@@ -76,6 +76,10 @@ class OpenVinoBackend(Backend):
                                   {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.streams})
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = self.threads
+            if self.threads < (os.cpu_count() or 1) and os.environ.get("POLYPSEG_OV_PIN", "0") != "1":
+                # a share of the cores (parallel batch workers, --threads): OpenVINO would pin its threads to the
+                # first cores, so that two 1-thread processes share core 0 while core 1 idles
+                cfg["ENABLE_CPU_PINNING"] = False
         if self.inference_precision:
             cfg["INFERENCE_PRECISION_HINT"] = self.inference_precision
         if self.perf_count:
