@@ -377,3 +377,23 @@ def test_ray_engine_workers_need_gpu_nodes(ray_cluster, onnx_model, tmp_path):
     with pytest.raises(RuntimeInputError, match="no GPU"):
         ex.run([task], str(tmp_path), BatchSettings(), lambda t, r: None)
     assert RayExecutor("auto", onnx_model, "ort", 2, 1).actor_options()["num_gpus"] == 0
+
+
+def test_frames_of_another_size_are_resized_and_counted_and_parquet(onnx_model, tmp_path):
+    pa = pytest.importorskip("pyarrow.parquet")
+    seq = tmp_path / "mixed"
+    seq.mkdir()
+    files = sorted((CLIPS / "seq01" / "images").iterdir())[:6]
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f))
+        if i == 3:
+            img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2))
+        cv2.imwrite(str(seq / f"{i:03d}.png"), img)
+    job = run_batch([str(seq)], tmp_path / "out", onnx_model, backend="ort", workers=1, parquet=True,
+                    settings=BatchSettings(video=True), log=lambda m: None)
+    assert job["failed"] == 0
+    r = json.loads((tmp_path / "out" / "mixed.json").read_text())
+    assert r["frames"] == 6 and r["resized_frames"] == 1 and r["fps"] == 25.0
+    assert _decoded_frames(tmp_path / "out" / "mixed.mp4") == 6
+    table = pa.read_table(tmp_path / "out" / "summary.parquet")
+    assert table.num_rows == 1 and table.column("frames").to_pylist() == [6]
