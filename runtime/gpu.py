@@ -129,6 +129,10 @@ class GpuFrameProcessor:
         slots: device frame slots (frames in flight between the inference and render threads).
     """
 
+    #: the overlay reads the logits the engine left on the device: host-side post-processing (the stabiliser) would
+    #: not reach it, so the pipeline runs this processor without one
+    host_logits = False
+
     def __init__(self, backend: Backend, manifest: Manifest, slots: int = 6, fill=(0, 255, 0), alpha: float = 0.4,
                  outline=(0, 255, 255)) -> None:
         require_device()

@@ -110,15 +110,18 @@ class Pipeline:
             writer, web server, window).
         max_frames: stop after this many frames (0 = until the source ends).
         queue_size: bound of the capture → inference and inference → render queues (ordered sources).
+        stabilizer: a :class:`~runtime.stabilize.Stabilizer` applied to the logits in display order (None: raw);
+            the all-GPU processor keeps its logits on the device and runs without it.
     """
 
     def __init__(self, source: Source, processor: FrameProcessor, sinks: list[Callable] | None = None,
-                 max_frames: int = 0, queue_size: int = 1) -> None:
+                 max_frames: int = 0, queue_size: int = 1, stabilizer: Any = None) -> None:
         self.source, self.proc, self.sinks = source, processor, sinks or []
         self.max_frames, self.queue_size = max_frames, queue_size
+        self.stabilizer = stabilizer if getattr(processor, "host_logits", True) else None
         self.stop_event = threading.Event()
-        self.stats: dict[str, list[float]] = {k: [] for k in ("capture", "preprocess", "infer", "render", "sinks",
-                                                              "end_to_end")}
+        self.stats: dict[str, list[float]] = {k: [] for k in ("capture", "preprocess", "infer", "stabilize", "render",
+                                                              "sinks", "end_to_end")}
         self.frames_done = 0
         self.last_info: dict[str, Any] = {}
 

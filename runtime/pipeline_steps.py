@@ -275,6 +275,11 @@ class PipelineRun:
         pipe = self.pipe
         idx, frame, logits, t_cap = item
         t0 = time.perf_counter()
+        if pipe.stabilizer is not None:  # in display order: the temporal filter sees frames as they are shown
+            logits = pipe.stabilizer(logits, frame)
+            ts = time.perf_counter()
+            self.stats["stabilize"].append((ts - t0) * 1e3)
+            t0 = ts
         fg = pipe.proc.render(frame, logits)
         t1 = time.perf_counter()
         self.stats["render"].append((t1 - t0) * 1e3)

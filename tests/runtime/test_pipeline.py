@@ -210,3 +210,24 @@ def test_model_export_at_another_input_size_is_cached_by_size(clip, tmp_path):
     report = json.loads(rep.read_text())
     assert report["model"]["input_hw"] == [96, 128] and report["frames"] == 6
     assert [p.name.split("-")[1] for p in (cache / "onnx").glob("*.onnx")] == ["96x128"]
+
+
+def test_stabilizer_runs_in_display_order_and_changes_only_the_overlay(onnx_model, clip):
+    """With the stabiliser the pipeline shows the same frames, in order, with the stabilised outline (its time
+    reported as its own stage); without it, the overlay is the network's own."""
+    from runtime.stabilize import Stabilizer
+
+    def run(stab):
+        shown = []
+        pipe = Pipeline(open_source(str(clip)), _proc(onnx_model), [lambda f, i: shown.append((i["frame"],
+                                                                                               i["polyp_px"]))],
+                        stabilizer=stab)
+        return pipe.run(), shown, pipe
+
+    raw, shown_raw, _ = run(None)
+    st = Stabilizer()
+    rep, shown, pipe = run(st)
+    assert [f for f, _ in shown] == list(range(1, 26)) == [f for f, _ in shown_raw]
+    assert rep.latency_ms["stabilize"]["n"] == 25 and raw.latency_ms["stabilize"]["n"] == 0
+    assert [px for _, px in shown] != [px for _, px in shown_raw]  # the outline did change
+    assert pipe.stabilizer is st and st._ema is not None
