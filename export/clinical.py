@@ -318,7 +318,8 @@ def print_table(report: dict[str, Any], out: Callable[[str], None] = print) -> N
         out(f"{r['backend']:<16} {'on' if r['stabilizer'] else 'off':<4} {r['dice']:>6.3f} {r['iou']:>6.3f} "
             f"{_f(r['detection_rate'], '.3f'):>7} {_f(r['first_detection_delay'], 'd'):>5} {r['longest_miss']:>4} "
             f"{r['fp_per_100_frames']:>7.1f} {r['flicker']:>7.3f} {r['flicker_gt']:>6.3f} "
-            f"{_f(r['jitter_px'], '.1f'):>6} {_f(r['hd95'], '.1f'):>6} {r['vs_torch']['dice_vs_reference']:>7.3f} {v:<8}")
+            f"{_f(r['jitter_px'], '.1f'):>6} {_f(r['hd95'], '.1f'):>6} "
+            f"{r['vs_torch']['dice_vs_reference']:>7.3f} {v:<8}")
     for r in report["rows"]:
         if "vs_raw" in r:
             e = r["vs_raw"]
