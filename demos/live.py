@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames")
     p.add_argument("--loop", action="store_true", help="loop a file or folder (benchmarks)")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="use the OpenCV/NumPy reference pre/post")
+    p.add_argument("--deadline-ms", default="auto", metavar="MS|auto|off",
+                   help="live sources: show every camera frame with the newest mask, never one older than this "
+                        "(auto: two frame periods; off: show only inferred frames, each with its own mask)")
+    p.add_argument("--fallback-onnx", metavar="PATH",
+                   help="a lighter exported model inference switches to while the primary cannot keep the deadline "
+                        "(it switches back when the primary can)")
     p.add_argument("--stabilizer", choices=("on", "off"), default="on",
                    help="temporal smoothing of the outline (runtime.stabilize; default on: on the CVC clips it cuts "
                         "flicker beyond motion by more than half at the same detection rate, see export.clinical)")
@@ -144,6 +150,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                log=lambda m: None if args.quiet else print(m, file=sys.stderr, flush=True))
         processor = create_processor(backend, manifest, fast=args.fast, threads=1)
         processor.warmup()
+        budget_ms = None
+        if args.deadline_ms not in ("auto", "off"):
+            try:
+                budget_ms = float(args.deadline_ms)
+            except ValueError:
+                budget_ms = -1.0
+            if not budget_ms > 0:
+                raise RuntimeInputError(f"--deadline-ms must be a positive number, auto or off, got "
+                                        f"{args.deadline_ms!r}")
+        fallback_proc = None
+        if args.fallback_onnx:
+            fb_path = Path(args.fallback_onnx)
+            if not fb_path.is_file():
+                raise RuntimeInputError(f"--fallback-onnx {str(fb_path)!r} does not exist")
+            fb_manifest = Manifest.load(manifest_path(fb_path))
+            fb_manifest.check_matches(fb_path)
+            fb_backend = open_backend("ort" if backend_name == "trt" else backend_name, fb_path, threads=args.threads)
+            fallback_proc = create_processor(fb_backend, fb_manifest, fast=args.fast, threads=1)
+            fallback_proc.warmup()
         sinks = []
         if args.out:
             video = VideoSink(args.out, source.fps)
@@ -169,7 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runtime.stabilize import Stabilizer
 
         stabilizer = Stabilizer()
-    pipe = Pipeline(source, processor, sinks, max_frames=args.max_frames, stabilizer=stabilizer)
+    deadline = fallback = None
+    if source.live and args.deadline_ms != "off":
+        from runtime.deadline import Deadline, DeadlinePolicy
+
+        deadline = Deadline(DeadlinePolicy(budget_ms=budget_ms), fps=source.fps, has_fallback=fallback_proc is not None)
+        fallback = fallback_proc
+    pipe = Pipeline(source, processor, sinks, max_frames=args.max_frames, stabilizer=stabilizer, deadline=deadline,
+                    fallback=fallback)
     signal.signal(signal.SIGTERM, lambda *a: pipe.stop())
     if not args.quiet:
         print(f"running {manifest.model} ({manifest.precision}{'/' + manifest.quant_flavour if manifest.quant_flavour else ''}"
@@ -195,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{report.frames} frames in {report.seconds:.1f} s: {report.fps:.1f} FPS, end-to-end p50 "
               f"{e2e.get('p50', float('nan')):.1f} ms / p99 {e2e.get('p99', float('nan')):.1f} ms, dropped "
               f"{report.dropped}; ended by {report.ended_by}" + (f": {report.error}" if report.error else ""))
+        if report.deadline:
+            d = report.deadline
+            print(f"deadline {d['budget_ms']:.0f} ms: {d['stale_fraction']:.0%} of {d['displayed']} frames shown "
+                  f"without an outline (mask too old), {d['frames_per_mask'] or 0:.1f} frames per mask, "
+                  f"{len(d['events'])} level change(s), ending on the {d['level']} model")
         for k, v in report.outputs.items():
             print(f"{k}: {v}")
     return 2 if report.error else 0

@@ -112,13 +112,21 @@ class Pipeline:
         queue_size: bound of the capture → inference and inference → render queues (ordered sources).
         stabilizer: a :class:`~runtime.stabilize.Stabilizer` applied to the logits in display order (None: raw);
             the all-GPU processor keeps its logits on the device and runs without it.
+        deadline: a :class:`~runtime.deadline.Deadline`: live sources are then shown at the camera's rate with the
+            newest mask, never with one older than its budget (see :mod:`runtime.deadline`); files and folders keep
+            every frame with its own mask.
+        fallback: a lighter processor the deadline may switch inference to when the primary cannot keep up.
     """
 
     def __init__(self, source: Source, processor: FrameProcessor, sinks: list[Callable] | None = None,
-                 max_frames: int = 0, queue_size: int = 1, stabilizer: Any = None) -> None:
+                 max_frames: int = 0, queue_size: int = 1, stabilizer: Any = None, deadline: Any = None,
+                 fallback: FrameProcessor | None = None) -> None:
         self.source, self.proc, self.sinks = source, processor, sinks or []
         self.max_frames, self.queue_size = max_frames, queue_size
-        self.stabilizer = stabilizer if getattr(processor, "host_logits", True) else None
+        host = getattr(processor, "host_logits", True)
+        self.stabilizer = stabilizer if host else None
+        self.deadline = deadline if host else None  # the all-GPU processor renders the frame it inferred
+        self.fallback = fallback
         self.stop_event = threading.Event()
         self.stats: dict[str, list[float]] = {k: [] for k in ("capture", "preprocess", "infer", "stabilize", "render",
                                                               "sinks", "end_to_end")}

@@ -45,6 +45,7 @@ class RunReport:
     latency_ms: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    deadline: dict[str, Any] = field(default_factory=dict)
 
 
 class LatestSlot:
@@ -168,7 +169,10 @@ class PipelineRun:
         self.report = RunReport(source=pipe.source.name, live=self.live)
         self.errors: list[str] = []
         self.captured = 0
-        self.n_workers = max(1, int(getattr(pipe.proc, "n_lanes", 1)))
+        # camera-rate display (runtime.deadline): every captured frame is shown with the newest fresh mask
+        self.camera = pipe.deadline is not None and self.live
+        self.display: LatestSlot | None = LatestSlot() if self.camera else None
+        self.n_workers = 1 if self.camera else max(1, int(getattr(pipe.proc, "n_lanes", 1)))
         self.in_flight = InFlight(self.live, self.n_workers, pipe.queue_size)
         self.ordering = Ordering(self.live, self.n_workers)
         self.workers_left = self.n_workers
@@ -182,6 +186,8 @@ class PipelineRun:
     @property
     def dropped(self) -> int:
         """Frames captured but never shown: replaced in the live slot, or finished too late (live sources)."""
+        if self.camera:
+            return self.display.dropped
         return (self.cap_q.dropped + self.ordering.late) if self.live else 0
 
     # ------------------------------------------------------------------------------------------ capture thread
@@ -198,6 +204,8 @@ class PipelineRun:
                 self.cap_q.close()
             else:
                 self._put(self.cap_q, END)
+            if self.display is not None:
+                self.display.close()
 
     def _capture_frames(self) -> None:
         pipe = self.pipe
@@ -214,6 +222,8 @@ class PipelineRun:
             self.stats["capture"].append((t1 - t0) * 1e3)
             self.captured += 1
             item = (self.captured, frame, t1)
+            if self.display is not None:  # the display draws on its own copy; inference reads the original
+                self.display.put((self.captured, frame.copy(), t1))
             if self.live:
                 self.cap_q.put(item)
             elif not self._put(self.cap_q, item):
@@ -247,8 +257,14 @@ class PipelineRun:
             self._put(self.cap_q, END)  # for the other streams
         return item
 
+    def _active_proc(self):
+        """The processor inference uses now: the fallback while the deadline has degraded to it."""
+        pipe = self.pipe
+        if self.camera and pipe.fallback is not None and pipe.deadline.level == 1:
+            return pipe.fallback
+        return pipe.proc
+
     def _infer_frames(self, lane: int) -> None:
-        proc = self.pipe.proc
         lane_args = (lane,) if self.n_workers > 1 else ()
         while not self.stop_event.is_set():
             item = self._next_captured()
@@ -256,6 +272,7 @@ class PipelineRun:
                 continue
             if item is END:
                 break
+            proc = self._active_proc()
             idx, frame, t_cap = item
             t0 = time.perf_counter()
             x = proc.preprocess(frame, *lane_args)
@@ -265,7 +282,8 @@ class PipelineRun:
             self.in_flight.inferred()
             self.stats["preprocess"].append((t1 - t0) * 1e3)
             self.stats["infer"].append((t2 - t1) * 1e3)
-            if not self._put(self.out_q, (idx, frame, logits.copy(), t_cap)):
+            out = (idx, frame, logits.copy(), t_cap, proc) if self.camera else (idx, frame, logits.copy(), t_cap)
+            if not self._put(self.out_q, out):
                 break
 
     # ------------------------------------------------------------------------------------------ render (caller)
@@ -293,9 +311,67 @@ class PipelineRun:
             sink(frame, info)
         self.stats["sinks"].append((time.perf_counter() - t1) * 1e3)
 
+    def show_camera(self, shown, mask) -> None:
+        """Camera-rate display: annotate ``shown`` (a captured frame) with the newest ``mask`` unless it is older than
+        the deadline's budget; then the warning instead of the outline."""
+        from .deadline import draw_stale_warning
+
+        pipe, dl = self.pipe, self.pipe.deadline
+        idx, frame, t_cap = shown
+        t0 = time.perf_counter()
+        stale, age = dl.frame(t0, t_cap, mask[2] if mask else None)
+        if stale:
+            fg = 0
+            draw_stale_warning(frame, age)
+        else:
+            fg = mask[3].render(frame, mask[1])
+        t1 = time.perf_counter()
+        self.stats["render"].append((t1 - t0) * 1e3)
+        self.stats["end_to_end"].append((t1 - t_cap) * 1e3)
+        pipe.frames_done += 1
+        info = {"frame": idx, "polyp_px": fg, "polyp_fraction": fg / (frame.shape[0] * frame.shape[1]),
+                "latency_ms": (t1 - t_cap) * 1e3, "fps": pipe.frames_done / max(1e-9, t1 - self.t_start),
+                "dropped": self.dropped, "frame_age_ms": (t1 - t_cap) * 1e3,
+                "mask_age_ms": None if age == float("inf") else age, "mask_frame": mask[0] if mask else None,
+                "stale": stale, "budget_ms": dl.budget_ms, "level": dl.level_name}
+        pipe.last_info = info
+        for sink in pipe.sinks:
+            sink(frame, info)
+        self.stats["sinks"].append((time.perf_counter() - t1) * 1e3)
+
+    def render_loop_camera(self) -> None:
+        """Show every captured frame (latest wins) with the newest mask; masks are taken as they come (in capture
+        order: one inference stream) and stabilised then."""
+        pipe, mask, ended = self.pipe, None, False
+        while True:
+            while not ended:  # take every finished mask
+                try:
+                    item = self.out_q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is END:
+                    ended = True
+                    break
+                idx, frame, logits, t_cap, proc = item
+                if pipe.stabilizer is not None:
+                    t0 = time.perf_counter()
+                    logits = pipe.stabilizer(logits, frame)
+                    self.stats["stabilize"].append((time.perf_counter() - t0) * 1e3)
+                mask = (idx, logits, t_cap, proc)
+                pipe.deadline.mask_new()
+            shown = self.display.get(timeout=0.02)
+            if shown is not None:
+                self.show_camera(shown, mask)
+            elif self.display.closed and (ended or self.stop_event.is_set()):
+                break
+            elif self.stop_event.is_set() and not any(t.is_alive() for t in self.threads):
+                break
+
     def render_loop(self) -> None:
         """Show inferred frames as :class:`Ordering` releases them, until the end of the frames (or a stop with
         every thread gone); then whatever a failure left in the reorder buffer."""
+        if self.camera:
+            return self.render_loop_camera()
         while True:
             try:
                 item = self.out_q.get(timeout=0.2)
@@ -352,4 +428,6 @@ class PipelineRun:
         elif pipe.max_frames and self.captured >= pipe.max_frames and report.ended_by != "interrupted":
             report.ended_by = "max frames"
         report.latency_ms = {k: latency_stats(v) for k, v in self.stats.items()}
+        if self.camera:
+            report.deadline = pipe.deadline.report()
         return report
