@@ -1,5 +1,10 @@
 """A small web page for headless edge boxes: the annotated video (MJPEG) and live statistics.
 
+The page is made for a second monitor in the endoscopy room: the video scaled to the window (full-screen button or
+double-click), a polyp indicator, FPS and end-to-end latency as large figures with a one-minute sparkline each, the
+age of the drawn mask and the model level of :mod:`runtime.deadline`, and the "no fresh mask" warning when the
+outline is withheld; the raw statistics fold away at the bottom.
+
 Routes: ``/`` (page), ``/stream.mjpg`` (multipart JPEG stream), ``/frame.jpg`` (latest frame), ``/stats``
 (JSON). The video is patient data: the server binds to loopback unless told otherwise, and a non-loopback bind
 requires an access token (generated and printed when not given), passed as ``?token=`` or an
@@ -25,18 +30,75 @@ from .errors import RuntimeInputError
 __all__ = ["FrameServer", "parse_hostport"]
 
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>polypseg live</title>
-<style>body{font-family:sans-serif;background:#111;color:#eee;margin:1em}img{max-width:100%;border:1px solid #444}
-#stats{font-family:monospace;white-space:pre}</style></head>
-<body><h3>polypseg — live polyp segmentation</h3>
-<img id="video" alt="annotated video">
-<p>frames received in this page: <span id="frames">0</span></p>
-<div id="stats">waiting for statistics…</div>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>polypseg live</title>
+<style>
+html,body{margin:0;height:100%;background:#000;color:#eee;font-family:system-ui,sans-serif;overflow:hidden}
+#app{display:flex;flex-direction:column;height:100vh}
+#bar{display:flex;align-items:center;gap:1.6em;padding:.4em 1em;background:#161616;font-size:1.1em;flex:0 0 auto}
+#indicator{font-weight:700;padding:.25em .9em;border-radius:1em;background:#444;color:#ddd;min-width:6.5em;
+  text-align:center}
+#indicator.polyp{background:#d62728;color:#fff}
+#indicator.stale{background:#ff9800;color:#000}
+.fig{display:flex;align-items:baseline;gap:.35em}
+.fig b{font-size:1.6em;font-variant-numeric:tabular-nums}
+.fig small{color:#999}
+canvas.spark{width:110px;height:30px;align-self:center}
+#level{color:#999}
+#fs{margin-left:auto;background:#333;color:#eee;border:1px solid #555;border-radius:.3em;padding:.3em .8em;
+  font-size:1em;cursor:pointer}
+#stage{position:relative;flex:1 1 auto;min-height:0;display:flex;align-items:center;justify-content:center}
+#video{width:100%;height:100%;object-fit:contain;display:block}
+#stale{display:none;position:absolute;top:1em;left:50%;transform:translateX(-50%);background:#ff9800;color:#000;
+  font-weight:700;font-size:1.4em;padding:.3em 1em;border-radius:.3em}
+#stale.on{display:block}
+details{position:absolute;bottom:.3em;right:.5em;max-width:40em;font-size:.75em;color:#aaa;
+  background:rgba(0,0,0,.6)}
+#stats{font-family:monospace;white-space:pre;margin:0}
+</style></head>
+<body><div id="app">
+<div id="bar">
+  <span id="indicator" aria-live="polite">no polyp</span>
+  <span class="fig"><b id="fps">–</b><small>FPS</small></span><canvas class="spark" id="fps-spark"></canvas>
+  <span class="fig"><b id="latency">–</b><small>ms latency</small></span><canvas class="spark" id="lat-spark"></canvas>
+  <span class="fig"><b id="maskage">–</b><small>ms mask age</small></span>
+  <span id="level"></span>
+  <button id="fs" type="button" title="full screen (double-click the video too)">Full screen</button>
+</div>
+<div id="stage">
+  <img id="video" alt="annotated video">
+  <div id="stale" role="alert">NO FRESH MASK — outline withheld</div>
+  <details><summary>frames received: <span id="frames">0</span> · statistics</summary>
+    <div id="stats">waiting for statistics…</div></details>
+</div></div>
 <script>
 const tok = new URLSearchParams(location.search).get("token");
 const q = tok ? ("token=" + encodeURIComponent(tok) + "&") : "";
 let frames = 0, last = -1;
-const img = document.getElementById("video");
+const img = document.getElementById("video"), stage = document.getElementById("stage");
+const hist = {fps: [], lat: []};
+function spark(id, data, colour) {
+  const c = document.getElementById(id), dpr = window.devicePixelRatio || 1;
+  c.width = c.clientWidth * dpr; c.height = c.clientHeight * dpr;
+  const g = c.getContext("2d"); g.clearRect(0, 0, c.width, c.height);
+  if (data.length < 2) return;
+  const lo = Math.min(...data), hi = Math.max(...data), span = (hi - lo) || 1;
+  g.strokeStyle = colour; g.lineWidth = 1.5 * dpr; g.beginPath();
+  data.forEach((v, i) => { const x = i / (data.length - 1) * (c.width - 2) + 1;
+    const y = c.height - 2 - (v - lo) / span * (c.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y); });
+  g.stroke();
+}
+function fullscreen() {
+  const el = document.getElementById("app");
+  if (document.fullscreenElement) document.exitFullscreen(); else if (el.requestFullscreen) el.requestFullscreen();
+}
+document.getElementById("fs").onclick = fullscreen; img.ondblclick = fullscreen;
+function layout() {  // the video's shown size, for checks and for the operator's info
+  stage.dataset.videoW = Math.round(img.getBoundingClientRect().width);
+  stage.dataset.videoH = Math.round(img.getBoundingClientRect().height);
+  stage.dataset.naturalW = img.naturalWidth; stage.dataset.windowW = window.innerWidth;
+  stage.dataset.windowH = window.innerHeight;
+}
 async function pull() {
   try {
     const r = await fetch("/frame.jpg?" + q + "t=" + Date.now(), {cache: "no-store"});
@@ -47,14 +109,33 @@ async function pull() {
       const url = URL.createObjectURL(blob); const old = img.src; img.src = url; if (old) URL.revokeObjectURL(old);
     }
   } catch (e) {}
+  layout();
   setTimeout(pull, 30);
+}
+function show(s) {
+  const ind = document.getElementById("indicator"), stale = !!s.stale;
+  ind.className = stale ? "stale" : (s.polyp_px > 0 ? "polyp" : "");
+  ind.textContent = stale ? "no fresh mask" : (s.polyp_px > 0 ? "POLYP" : "no polyp");
+  document.getElementById("stale").className = stale ? "on" : "";
+  if (stale && s.mask_age_ms != null)
+    document.getElementById("stale").textContent =
+      "NO FRESH MASK (" + Math.round(s.mask_age_ms) + " ms) — outline withheld";
+  if (s.fps != null) { document.getElementById("fps").textContent = s.fps.toFixed(1); hist.fps.push(s.fps); }
+  if (s.latency_ms != null) {
+    document.getElementById("latency").textContent = Math.round(s.latency_ms); hist.lat.push(s.latency_ms); }
+  document.getElementById("maskage").textContent = s.mask_age_ms != null ? Math.round(s.mask_age_ms) :
+    (s.latency_ms != null ? Math.round(s.latency_ms) : "–");
+  document.getElementById("level").textContent = s.level ? ("model: " + s.level) : "";
+  for (const k in hist) if (hist[k].length > 60) hist[k].shift();
+  spark("fps-spark", hist.fps, "#4caf50"); spark("lat-spark", hist.lat, "#03a9f4");
+  document.getElementById("stats").textContent = JSON.stringify(s, null, 1);
 }
 async function stats() {
   try {
     const r = await fetch("/stats?" + q, {cache: "no-store"});
-    if (r.ok) document.getElementById("stats").textContent = JSON.stringify(await r.json(), null, 1);
+    if (r.ok) show(await r.json());
   } catch (e) {}
-  setTimeout(stats, 500);
+  setTimeout(stats, 250);
 }
 pull(); stats();
 </script></body></html>
