@@ -92,6 +92,14 @@ def test_sequences_load_and_bad_sequences_are_one_line(tmp_path):
 
     seqs = load_sequences([str(CLIPS / "seq01"), str(CLIPS / "seq08")])
     assert [len(s.frames) for s in seqs] == [25, 26] and seqs[0].masks[0].dtype == bool
+    # a video with a mask folder: the masks in name order pair with the video's frames
+    from runtime.video import make_video
+
+    video = make_video(CLIPS / "seq19" / "images", tmp_path / "seq19.mp4")
+    (vs,) = load_sequences([f"{video}={CLIPS / 'seq19' / 'masks'}"])
+    assert vs.name == "seq19" and len(vs.frames) == len(vs.masks) == 25 and vs.frames[0].shape[:2] == (288, 384)
+    with pytest.raises(RuntimeInputError, match="26 masks"):
+        load_sequences([f"{video}={CLIPS / 'seq08' / 'masks'}"])
     with pytest.raises(RuntimeInputError, match="images/ and masks/"):
         load_sequences([str(tmp_path)])
     (tmp_path / "s" / "images").mkdir(parents=True)
