@@ -290,22 +290,31 @@ class PipelineRun:
     def show(self, item) -> None:
         """Annotate one inferred frame, record its latencies and hand it to the sinks."""
         self.in_flight.shown()
-        pipe = self.pipe
         idx, frame, logits, t_cap = item
+        logits = self._stabilize(logits, frame)  # in display order: the temporal filter sees frames as shown
         t0 = time.perf_counter()
-        if pipe.stabilizer is not None:  # in display order: the temporal filter sees frames as they are shown
-            logits = pipe.stabilizer(logits, frame)
-            ts = time.perf_counter()
-            self.stats["stabilize"].append((ts - t0) * 1e3)
-            t0 = ts
-        fg = pipe.proc.render(frame, logits)
+        fg = self.pipe.proc.render(frame, logits)
+        self._deliver(idx, frame, fg, t0, t_cap, {})
+
+    def _stabilize(self, logits, frame):
+        st = self.pipe.stabilizer
+        if st is None:
+            return logits
+        t0 = time.perf_counter()
+        out = st(logits, frame)
+        self.stats["stabilize"].append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    def _deliver(self, idx: int, frame, fg: int, t0: float, t_cap: float, extra: dict[str, Any]) -> None:
+        """Record the render and end-to-end times of a shown frame and hand it, with its info, to the sinks."""
+        pipe = self.pipe
         t1 = time.perf_counter()
         self.stats["render"].append((t1 - t0) * 1e3)
         self.stats["end_to_end"].append((t1 - t_cap) * 1e3)
         pipe.frames_done += 1
         info = {"frame": idx, "polyp_px": fg, "polyp_fraction": fg / (frame.shape[0] * frame.shape[1]),
                 "latency_ms": (t1 - t_cap) * 1e3, "fps": pipe.frames_done / max(1e-9, t1 - self.t_start),
-                "dropped": self.dropped}
+                "dropped": self.dropped, **extra}
         pipe.last_info = info
         for sink in pipe.sinks:
             sink(frame, info)
@@ -316,7 +325,7 @@ class PipelineRun:
         the deadline's budget; then the warning instead of the outline."""
         from .deadline import draw_stale_warning
 
-        pipe, dl = self.pipe, self.pipe.deadline
+        dl = self.pipe.deadline
         idx, frame, t_cap = shown
         t0 = time.perf_counter()
         stale, age = dl.frame(t0, t_cap, mask[2] if mask else None)
@@ -325,19 +334,10 @@ class PipelineRun:
             draw_stale_warning(frame, age)
         else:
             fg = mask[3].render(frame, mask[1])
-        t1 = time.perf_counter()
-        self.stats["render"].append((t1 - t0) * 1e3)
-        self.stats["end_to_end"].append((t1 - t_cap) * 1e3)
-        pipe.frames_done += 1
-        info = {"frame": idx, "polyp_px": fg, "polyp_fraction": fg / (frame.shape[0] * frame.shape[1]),
-                "latency_ms": (t1 - t_cap) * 1e3, "fps": pipe.frames_done / max(1e-9, t1 - self.t_start),
-                "dropped": self.dropped, "frame_age_ms": (t1 - t_cap) * 1e3,
-                "mask_age_ms": None if age == float("inf") else age, "mask_frame": mask[0] if mask else None,
-                "stale": stale, "budget_ms": dl.budget_ms, "level": dl.level_name}
-        pipe.last_info = info
-        for sink in pipe.sinks:
-            sink(frame, info)
-        self.stats["sinks"].append((time.perf_counter() - t1) * 1e3)
+        self._deliver(idx, frame, fg, t0, t_cap, {
+            "frame_age_ms": (time.perf_counter() - t_cap) * 1e3, "mask_age_ms": None if age == float("inf") else age,
+            "mask_frame": mask[0] if mask else None, "stale": stale, "budget_ms": dl.budget_ms,
+            "level": dl.level_name})
 
     def render_loop_camera(self) -> None:
         """Show every captured frame (latest wins) with the newest mask; masks are taken as they come (in capture
@@ -353,11 +353,7 @@ class PipelineRun:
                     ended = True
                     break
                 idx, frame, logits, t_cap, proc = item
-                if pipe.stabilizer is not None:
-                    t0 = time.perf_counter()
-                    logits = pipe.stabilizer(logits, frame)
-                    self.stats["stabilize"].append((time.perf_counter() - t0) * 1e3)
-                mask = (idx, logits, t_cap, proc)
+                mask = (idx, self._stabilize(logits, frame), t_cap, proc)
                 pipe.deadline.mask_new()
             shown = self.display.get(timeout=0.02)
             if shown is not None:
