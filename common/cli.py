@@ -7,20 +7,24 @@ Each command defines ``main(argv) -> int`` and ends with::
         cli()
 
 The wrapper prints warnings as one ``warning: …`` line each (once), a :class:`common.errors.UserError` or an
-``OSError`` (disk full, permission denied, …) as one ``error: …`` line with exit status 1, and Ctrl-C as
-``interrupted`` with status 130; anything else is a bug and keeps its traceback.
+``OSError`` (disk full, permission denied, …) as one ``error: …`` line with exit status 1, Ctrl-C as
+``interrupted (SIGINT)`` with status 130 and SIGTERM as ``terminated (SIGTERM)`` with status 143 — both raised as
+exceptions in the main thread, so every ``finally`` and context manager runs (temporary files and folders are
+removed, half-written outputs never published); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import errno
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable, Sequence
 
 from .errors import UserError
 
-__all__ = ["cli_warnings", "entry", "run"]
+__all__ = ["Terminated", "cli_warnings", "entry", "run"]
 
 Main = Callable[[Sequence[str] | None], int]
 
@@ -42,9 +46,19 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split()) or type(e).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is (a subclass of KeyboardInterrupt: the same clean-up paths run)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 def run(main: Main, argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` as a command: exit status, one-line errors, one-line warnings."""
+    """Run ``main(argv)`` as a command: exit status, one-line errors, one-line warnings, clean stops on signals."""
     cli_warnings()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(main(argv) or 0)
     except UserError as e:
@@ -53,8 +67,11 @@ def run(main: Main, argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("terminated (SIGTERM): nothing half-written was kept", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (SIGINT): nothing half-written was kept", file=sys.stderr)
         return 130
 
 

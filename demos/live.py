@@ -12,7 +12,9 @@ ONNX on first use and cached in ``~/.cache/polypseg/onnx``; INT8 on the fastest 
 x86, else ONNX Runtime), TensorRT when an engine is given on a GPU machine.
 
 Exit status: 0 = the source was processed to its end (or --max-frames); 2 = the source failed mid-stream (the report
-says why; the output written so far is intact); 1 = bad input (one line on stderr).
+says why; the output written so far is intact); 1 = bad input (one line on stderr), or the video could not be written
+in full (the report says how many frames the file really holds); 130 / 143 = stopped by SIGINT / SIGTERM (the video
+and the report are finalised and say so).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 from typing import Sequence
 
 from common.cli import entry
+from common.io import check_destination
 from common.paths import cache_root
 from runtime.backends import default_backend, open_backend, parse_streams
 from runtime.errors import BackendUnavailableError, EngineError, RuntimeInputError
 from runtime.manifest import Manifest, manifest_path, write_json_atomic
 from runtime.pipeline import Pipeline, VideoSink, create_processor
-from runtime.video import open_source
+from runtime.video import VIDEO_SUFFIXES, VideoWriteError, open_source
 
 DEFAULT_MODEL = "msnet_effl0"
 
@@ -132,6 +135,12 @@ def _window_sink():
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     server = video = None
+    # destinations first: a run must not end, after minutes, on a report it cannot write
+    for flag, path in (("--out", args.out), ("--report", args.report)):
+        if path and (why := check_destination(path, (".json",) if flag == "--report" else ())):
+            raise RuntimeInputError(f"{flag}: {why}")
+    if args.out and Path(args.out).suffix.lower() not in VIDEO_SUFFIXES:
+        raise RuntimeInputError(f"--out must end in {', '.join(VIDEO_SUFFIXES)}, got {args.out!r}")
     try:
         backend_name = args.backend
         if backend_name == "auto":
@@ -202,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fallback = fallback_proc
     pipe = Pipeline(source, processor, sinks, max_frames=args.max_frames, stabilizer=stabilizer, deadline=deadline,
                     fallback=fallback)
-    signal.signal(signal.SIGTERM, lambda *a: pipe.stop())
+    signal.signal(signal.SIGTERM, lambda *a: pipe.stop("SIGTERM"))
     if not args.quiet:
         print(f"running {manifest.model} ({manifest.precision}{'/' + manifest.quant_flavour if manifest.quant_flavour else ''}"
               f", {manifest.input_hw[0]}x{manifest.input_hw[1]}) on {backend.name}"
@@ -210,10 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{' (live)' if source.live else ''}", flush=True)
     report = pipe.run()
     backend.close()
+    failed_output = False
     if video:
-        report.outputs["video"] = video.close()
+        try:
+            report.outputs["video"] = video.close()
+        except VideoWriteError as e:  # the report says what the file really holds; the run fails
+            report.error = report.error or str(e)
+            failed_output = True
+        report.outputs["video_frames"] = str(video.writer.held)
+        if video.writer.resized:
+            report.outputs["video_resized_frames"] = str(video.writer.resized)
     if server:
-        report.outputs["serve"] = server.url
+        report.outputs["serve"] = getattr(server, "redacted_url", server.url)  # never the token itself
         server.close()
     report.model = {"name": manifest.model, "precision": manifest.precision, "flavour": manifest.quant_flavour,
                     "input_hw": list(manifest.input_hw), "file": str(model_path), "backend": backend.name,
@@ -234,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(d['events'])} level change(s), ending on the {d['level']} model")
         for k, v in report.outputs.items():
             print(f"{k}: {v}")
+    if failed_output:
+        return 1
+    if report.ended_by in ("SIGINT", "SIGTERM"):
+        return 128 + int(getattr(signal, report.ended_by))
     return 2 if report.error else 0
 
 

@@ -107,10 +107,42 @@ def cached_export(cache_dir: str | os.PathLike[str], name: str, *, log: Callable
                   **settings: Any) -> Path:
     """The cached export of ``name`` with ``settings`` (keyword arguments of :func:`export.onnx.export_onnx`),
     exported first when missing or damaged; returns the ONNX path (its manifest beside it)."""
-    from .onnx import export_onnx
-
     s = export_settings(name, **settings)
     path = Path(cache_dir) / _file_name(s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _EntryLock(path, log):  # two processes exporting one entry: the second waits, then reuses the first's
+        return _cached_export_locked(path, s, name, log=log, progress=progress, parity_gate=parity_gate,
+                                     parity_tolerance=parity_tolerance, **settings)
+
+
+class _EntryLock:
+    """An exclusive lock on one cache entry (``<entry>.lock``, flock: released by the OS if the holder dies)."""
+
+    def __init__(self, path: Path, log: Callable[..., None]) -> None:
+        self.lock, self.log = path.with_name(path.name + ".lock"), log
+
+    def __enter__(self):
+        import fcntl
+
+        self.f = open(self.lock, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.log(f"waiting for another process exporting {self.lock.name[:-5]} …")
+            fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()
+
+
+def _cached_export_locked(path: Path, s: dict[str, Any], name: str, *, log, progress, parity_gate, parity_tolerance,
+                          **settings: Any) -> Path:
+    from .onnx import export_onnx
+
     if path.is_file() and _intact(path):
         gate = Manifest.load(manifest_path(path)).parity.get("gate") or {}
         if parity_gate and gate.get("passed") is False:  # kept by an ungated caller: not for a gated one

@@ -197,9 +197,15 @@ class _Job:
 
 def _calibration_frames(job: _Job, calib_data, calib_split, calib_count: int, parity_frames: int) -> None:
     """Real frames for INT8 calibration and the parity check: --calib-data, else the checkpoint's training data."""
+    from common.paths import resolve_data_path
+
     tc = job.src["train_config"]
-    job.data_dir = calib_data or tc.get("data") or ""
-    job.data_split = (calib_split if calib_data else (calib_split or tc.get("train_split"))) or ""
+    # the checkpoint records its training data relative to where it was trained: found from any working directory
+    recorded_data = resolve_data_path(tc.get("data"))
+    recorded_split = resolve_data_path(tc.get("train_split"))
+    job.data_dir = calib_data or (str(recorded_data) if recorded_data else "")
+    job.data_split = (calib_split if calib_data else (calib_split or (str(recorded_split) if recorded_split
+                                                                      else ""))) or ""
     if job.precision == "int8" and calib_data is not None and not Path(calib_data).is_dir():
         raise ExportError(f"calibration folder {calib_data!r} does not exist")
     if job.data_dir and Path(job.data_dir).is_dir():
@@ -207,7 +213,9 @@ def _calibration_frames(job: _Job, calib_data, calib_split, calib_count: int, pa
         job.frames, job.ids = collect_frames(job.data_dir, job.data_split or None, n, job.hw, job.spec.mean,
                                              job.spec.std)
     elif job.precision == "int8":
-        raise ExportError("INT8 needs calibration frames: pass --calib-data DIR (a folder of real frames)")
+        where = f" (the checkpoint's training data {tc.get('data')!r} is not found here)" if tc.get("data") else ""
+        raise ExportError(f"INT8 needs calibration frames{where}: pass --calib-data DIR (a folder of real frames) or "
+                          "set POLYPSEG_DATA to the shared data folder")
 
 
 def _convert_precision(job: _Job, fp32_path: Path, m: onnx.ModelProto, *, calib_method: str,

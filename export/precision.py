@@ -222,7 +222,7 @@ def quantize_int8(
     The calibration ranges are cached in ``cache_dir`` under a key of the float graph's bytes, the frame ids and
     the method: a re-export with the same inputs skips calibration (and ``frames`` may then be ``None``).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
 
     if flavour not in INT8_FLAVOURS:
         raise ExportError(f"unknown INT8 flavour {flavour!r}; valid: {', '.join(INT8_FLAVOURS)}")
@@ -236,11 +236,24 @@ def quantize_int8(
     # the quantised tensors follow ONNX Runtime's op registry (full graph): its version is part of the key
     key = calibration_key(fp32_path.read_bytes(), frame_ids,
                           method + (f"|all-ops|ort{onnxruntime.__version__}" if full_graph else ""))
+    created = not cache_dir.exists()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"calib-{key}.json"
-    hit = cache.is_file()
+    try:
+        return _quantize(fp32_path, out_path, frames, frame_ids, input_name, flavour, method, exclude_nodes,
+                         cache_dir / f"calib-{key}.json", progress, full_graph, methods)
+    except BaseException:
+        if created and not any(cache_dir.iterdir()):  # an interrupted first export leaves no empty cache folder
+            cache_dir.rmdir()
+        raise
+
+
+def _quantize(fp32_path, out_path, frames, frame_ids, input_name, flavour, method, exclude_nodes, cache: Path,
+              progress: bool, full_graph: bool, methods: dict) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    hit = calibration_cache_intact(cache)
     if not hit and frames is None:
-        raise ExportError("no calibration frames and no calibration cache: pass --calib-data DIR")
+        raise ExportError(f"no calibration frames and no usable calibration cache ({cache}): pass --calib-data DIR")
     symmetric = flavour == "qdq-s8"
     extra = {
         "ActivationSymmetric": symmetric,
@@ -271,6 +284,8 @@ def quantize_int8(
             extra_options=extra,
             calibration_cache_path=str(cache),
         )
+    if not hit:
+        _seal_calibration_cache(cache)
     qm = onnx.load(str(out_path))
     counts = Counter(n.op_type for n in qm.graph.node)
     return {
@@ -282,6 +297,48 @@ def quantize_int8(
         "dequantize_linear": counts.get("DequantizeLinear", 0),
         "quantized_convs": _quantized_weighted_ops(qm),
     }
+
+
+def _seal(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".sha256")
+
+
+def _seal_calibration_cache(cache: Path) -> None:
+    """Record the sha256 of a calibration cache ONNX Runtime has just written (checked at every later use)."""
+    from common.io import sha256_file, write_bytes_atomic
+
+    if cache.is_file():
+        write_bytes_atomic(_seal(cache), (sha256_file(cache) + "\n").encode())
+
+
+def calibration_cache_intact(cache: Path) -> bool:
+    """A calibration cache that can be reused: present, sealed with its sha256, and valid JSON mapping tensor names to
+    ranges. A damaged one (truncated, edited, half-written by an interrupted export) is removed with a one-line
+    warning naming the file, and calibration runs again."""
+    import warnings
+
+    from common.io import sha256_file
+
+    if not cache.exists():
+        _seal(cache).unlink(missing_ok=True)
+        return False
+    why = ""
+    try:
+        seal = _seal(cache).read_text().strip() if _seal(cache).is_file() else ""
+        if seal != sha256_file(cache):
+            why = "its sha256 does not match the one recorded when it was written"
+        else:
+            d = json.loads(cache.read_text())
+            if not isinstance(d, dict) or not d:
+                why = "it holds no tensor ranges"
+    except (OSError, ValueError) as e:
+        why = f"it is unreadable ({' '.join(str(e).split())[:80]})"
+    if not why:
+        return True
+    warnings.warn(f"calibration cache {cache} is damaged ({why}); calibrating again", stacklevel=3)
+    cache.unlink(missing_ok=True)
+    _seal(cache).unlink(missing_ok=True)
+    return False
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from common.errors import UserError
 from common.io import sha256_file, write_bytes_atomic, write_json_atomic
 
 from .errors import RuntimeInputError
-from .video import IMAGE_EXTS, SourceError, open_source
+from .video import IMAGE_EXTS, SourceError, count_frames, open_source
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
@@ -192,22 +192,6 @@ class _Prefetch:
         self.t.join(timeout=5)
 
 
-def _video_frame_count(path: Path) -> int:
-    """Frames a written video really holds (container count, else decoded)."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return 0
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if n > 0:
-            return n
-        while cap.grab():
-            n += 1
-        return n
-    finally:
-        cap.release()
-
-
 class BatchWorker:
     """Opens ``model_path`` on ``backend`` once; :meth:`process` runs one video after another.
 
@@ -345,7 +329,7 @@ class BatchWorker:
         prob, area = np.asarray(probs), np.asarray(areas)
         outputs: dict[str, Any] = {}
         if video_tmp is not None:
-            held = _video_frame_count(video_tmp)
+            held = count_frames(video_tmp)
             if held != n:
                 raise OSError(f"the annotated video holds {held} of {n} frames (writer failed: disk full?)")
             outputs["video"] = self._publish(video_tmp, out / f"{task.name}.mp4", held)

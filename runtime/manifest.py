@@ -87,9 +87,44 @@ class Manifest:
             raise RuntimeInputError(f"{str(p)!r} is not a polypseg manifest (format {d.get('format')!r})")
         known = {f.name for f in fields(cls)}
         try:
-            return cls(**{k: v for k, v in d.items() if k in known})
+            m = cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
             raise RuntimeInputError(f"manifest {str(p)!r} lacks a field: {e}") from None
+        bad = m.schema_problem()
+        if bad:
+            raise RuntimeInputError(f"manifest {str(p)!r}: {bad} (re-export the model; do not edit manifests by hand)")
+        return m
+
+    def schema_problem(self) -> str:
+        """The first field whose type or value is wrong (hand-edited or damaged manifests), or ''."""
+        def num(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        checks = [
+            ("model", isinstance(self.model, str) and bool(self.model), "a non-empty string"),
+            ("input_hw", isinstance(self.input_hw, list) and len(self.input_hw) == 2
+             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in self.input_hw),
+             "[H, W], two positive integers"),
+            ("mean", isinstance(self.mean, list) and len(self.mean) == self.in_channels and all(map(num, self.mean)),
+             "one number per input channel"),
+            ("std", isinstance(self.std, list) and len(self.std) == self.in_channels
+             and all(num(v) and v > 0 for v in self.std), "one positive number per input channel"),
+            ("in_channels", isinstance(self.in_channels, int) and self.in_channels > 0, "a positive integer"),
+            ("threshold", num(self.threshold) and 0 < self.threshold < 1, "a number between 0 and 1"),
+            ("output_activation", self.output_activation in ("sigmoid",), "'sigmoid'"),
+            ("precision", self.precision in ("fp32", "fp16", "int8"), "fp32, fp16 or int8"),
+        ]
+        for name in ("input_name", "output_name", "io_dtype", "quant_flavour", "onnx_sha256", "checkpoint",
+                     "checkpoint_sha256", "created", "toolkit_version"):
+            checks.append((name, isinstance(getattr(self, name), str), "a string"))
+        for name in ("plugins", "fp32_ops"):
+            checks.append((name, isinstance(getattr(self, name), list), "a list"))
+        for name in ("parity", "export_config", "engine"):
+            checks.append((name, isinstance(getattr(self, name), dict), "an object"))
+        for name, ok, want in checks:
+            if not ok:
+                return f"field {name!r} must be {want}, got {getattr(self, name)!r}"[:200]
+        return ""
 
     def check_matches(self, model_path: str | os.PathLike[str]) -> None:
         """Refuse a manifest that describes another file (its recorded SHA-256 differs from the model's)."""

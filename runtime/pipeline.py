@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from .backends.base import Backend
 from .manifest import Manifest
 from .pipeline_steps import PipelineRun, RunReport, latency_stats
-from .video import Source
+from .video import Source, VideoWriter
 
 __all__ = ["FrameProcessor", "Pipeline", "RunReport", "create_processor", "latency_stats"]
 
@@ -128,12 +126,17 @@ class Pipeline:
         self.deadline = deadline if host else None  # the all-GPU processor renders the frame it inferred
         self.fallback = fallback
         self.stop_event = threading.Event()
+        self.stop_reason = ""
         self.stats: dict[str, list[float]] = {k: [] for k in ("capture", "preprocess", "infer", "stabilize", "render",
                                                               "sinks", "end_to_end")}
         self.frames_done = 0
         self.last_info: dict[str, Any] = {}
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "") -> None:
+        """End the run (from a signal handler or another thread); ``reason`` (e.g. ``SIGTERM``) goes to the report's
+        ``ended_by``."""
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
         self.stop_event.set()
 
     def run(self) -> RunReport:
@@ -143,30 +146,21 @@ class Pipeline:
 
 
 class VideoSink:
-    """Writes annotated frames to an MP4, atomically: a temporary file renamed when the run ends."""
+    """Writes annotated frames to a video, published only when complete (see :class:`runtime.video.VideoWriter`):
+    frames of another size are resized, and :meth:`close` raises :class:`runtime.video.VideoWriteError` with the
+    number of frames the file really holds when it does not hold them all."""
 
     def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in (".mp4", ".avi", ".mkv"):
-            raise ValueError(f"--out must be a .mp4/.avi/.mkv path, got {str(self.path)!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.fps = fps or 25.0
-        self.writer = None
-        self.frames = 0
+        self.writer = VideoWriter(path, fps)
+        self.path = self.writer.path
+
+    @property
+    def frames(self) -> int:
+        return self.writer.frames
 
     def __call__(self, frame: np.ndarray, info: dict) -> None:
-        if self.writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
-            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, (frame.shape[1], frame.shape[0]))
-            if not self.writer.isOpened():
-                raise OSError(f"cannot write video {self.path}")
         self.writer.write(frame)
-        self.frames += 1
 
     def close(self) -> str:
-        if self.writer is None:
-            return ""
-        self.writer.release()
-        os.replace(self.tmp, self.path)
-        return str(self.path)
+        p = self.writer.close()
+        return str(p) if p else ""

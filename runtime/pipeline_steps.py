@@ -405,7 +405,7 @@ class PipelineRun:
         try:
             self.render_loop()
         except KeyboardInterrupt:
-            self.report.ended_by = "interrupted"
+            self.report.ended_by = "SIGINT"
         except Exception as e:  # noqa: BLE001 - a failing sink ends the run cleanly too
             self.errors.append(f"render failed: {type(e).__name__}: {e}")
         finally:
@@ -421,7 +421,9 @@ class PipelineRun:
         report.fps = pipe.frames_done / report.seconds if report.seconds > 0 else 0.0
         if self.errors:
             report.ended_by, report.error = "source or stage failure", self.errors[0]
-        elif pipe.max_frames and self.captured >= pipe.max_frames and report.ended_by != "interrupted":
+        elif pipe.stop_reason:
+            report.ended_by = pipe.stop_reason
+        elif pipe.max_frames and self.captured >= pipe.max_frames and report.ended_by != "SIGINT":
             report.ended_by = "max frames"
         report.latency_ms = {k: latency_stats(v) for k, v in self.stats.items()}
         if self.camera:

@@ -12,6 +12,7 @@ import numpy as np
 
 from common.cli import entry
 from common.errors import UserError
+from common.io import check_destination
 
 from .errors import RuntimeInputError
 
@@ -20,7 +21,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402
 
-__all__ = ["Source", "SourceError", "open_source"]
+__all__ = ["Source", "SourceError", "VideoWriteError", "VideoWriter", "count_frames", "make_video", "open_source"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.I)
@@ -122,26 +123,127 @@ def open_source(spec: str | int, loop: bool = False) -> Source:
     )
 
 
-def make_video(frames_dir: str | os.PathLike[str], out: str | os.PathLike[str], fps: float = 25.0, repeat: int = 1) -> Path:
-    """Write the images of ``frames_dir`` (repeated ``repeat`` times) into an MP4 (for benchmarks and tests)."""
-    src = FolderSource(Path(frames_dir))
-    first = cv2.imread(str(src.files[0]))
-    h, w = first.shape[:2]
-    out = Path(out)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv")
+
+
+def count_frames(path: str | os.PathLike[str]) -> int:
+    """Frames a video file really holds (the container's count, else decoded one by one; 0 when unreadable)."""
+    cap = cv2.VideoCapture(str(path))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RuntimeInputError(f"cannot create {str(out.parent)!r}: {e.strerror or e}") from None
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    wr = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not wr.isOpened():
-        raise RuntimeInputError(f"cannot write video {out}")
-    for _ in range(repeat):
-        for f in src.files:
-            wr.write(cv2.imread(str(f)))
-    wr.release()
-    os.replace(tmp, out)
-    return out
+        if not cap.isOpened():
+            return 0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n > 0:
+            return n
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
+class VideoWriteError(UserError, OSError):
+    """The written video does not hold every frame (disk full, file-size limit, a failing encoder)."""
+
+
+class VideoWriter:
+    """Writes frames to a video that is published only when complete.
+
+    Frames go to a temporary file beside the destination; a frame whose size differs from the first is resized to
+    the stream's size (counted in :attr:`resized`), never dropped. :meth:`close` re-reads the file: when it holds
+    every frame written it is renamed over the destination; otherwise it is kept as ``<name>.incomplete<suffix>``
+    (when it holds any frame: a recording is not thrown away) or removed, and :class:`VideoWriteError` says how many
+    frames it really holds.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise RuntimeInputError(f"{str(self.path)!r}: a video must end in {', '.join(VIDEO_SUFFIXES)}")
+        why = check_destination(self.path)
+        if why:
+            raise RuntimeInputError(why)
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.fps = fps if fps and 0 < fps < 1000 else 25.0
+        self.size: tuple[int, int] | None = None
+        self._w = None
+        self.frames = 0
+        self.resized = 0
+        self.held = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._w is None:
+            self.size = (frame.shape[1], frame.shape[0])
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
+            self._w = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, self.size)
+            if not self._w.isOpened():
+                self._w = None
+                raise VideoWriteError(f"cannot write video {self.path}: the encoder did not open")
+        elif (frame.shape[1], frame.shape[0]) != self.size:
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
+            self.resized += 1
+        self._w.write(frame)
+        self.frames += 1
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file (nothing is published)."""
+        if self._w is not None:
+            self._w.release()
+            self._w = None
+        self.tmp.unlink(missing_ok=True)
+
+    def close(self) -> Path | None:
+        """Finish, verify and publish; returns the video's path (None when no frame was written)."""
+        if self._w is None:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        self._w.release()
+        self._w = None
+        self.held = count_frames(self.tmp)
+        if self.held == self.frames:
+            try:
+                with open(self.tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.tmp, self.path)
+            except OSError:
+                self.tmp.unlink(missing_ok=True)
+                raise
+            return self.path
+        kept = ""
+        if self.held > 0:
+            keep = self.path.with_name(f"{self.path.stem}.incomplete{self.path.suffix}")
+            os.replace(self.tmp, keep)
+            kept = f"; what it holds is kept as {keep.name}"
+        else:
+            self.tmp.unlink(missing_ok=True)
+        raise VideoWriteError(f"the video {self.path.name} holds {self.held} of {self.frames} frames (the disk is "
+                              f"full, a file-size limit was hit or the encoder failed){kept}")
+
+
+def make_video(frames_dir: str | os.PathLike[str], out: str | os.PathLike[str], fps: float = 25.0,
+               repeat: int = 1) -> Path:
+    """Write the images of ``frames_dir`` (repeated ``repeat`` times) into a video (for benchmarks and tests);
+    the file is verified before it is published."""
+    src = FolderSource(Path(frames_dir))
+    if repeat < 1 or not fps > 0:
+        raise RuntimeInputError(f"--repeat must be >= 1 and --fps > 0, got {repeat} and {fps}")
+    w = VideoWriter(out, fps)
+    try:
+        for _ in range(repeat):
+            for f in src.files:
+                img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise RuntimeInputError(f"cannot decode frame {f.name} in {frames_dir}")
+                w.write(img)
+    except BaseException:
+        w.abort()
+        raise
+    path = w.close()
+    if w.resized:
+        import warnings
+
+        warnings.warn(f"{w.resized} frame(s) of another size were resized to {w.size[0]}x{w.size[1]}", stacklevel=2)
+    return path
 
 
 def now() -> float:

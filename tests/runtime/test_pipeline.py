@@ -196,7 +196,7 @@ def test_serve_page_shows_frames_in_headless_chromium(onnx_model, clip, tmp_path
     finally:
         demo.terminate()
         demo.wait(timeout=30)
-    assert demo.returncode in (0, -15)
+    assert demo.returncode == 143  # stopped by SIGTERM: outputs finalised, conventional status
 
 
 def test_model_export_at_another_input_size_is_cached_by_size(clip, tmp_path):
