@@ -364,6 +364,8 @@ def export_onnx(
     """
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if isinstance(calib_count, bool) or not isinstance(calib_count, int) or calib_count < 1:
+        raise ExportError(f"--calib-count must be a positive number of frames, got {calib_count!r}")
     out = Path(out)
     _check_writable(out)
     t0 = time.perf_counter()

@@ -172,7 +172,12 @@ def load_model(
     kwargs.pop("pretrained", None)  # the checkpoint replaces the ImageNet initialisation
     kwargs.update(_infer_io(name, sd))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    model = create_model(name, **kwargs)
+    try:
+        model = create_model(name, **kwargs)
+    except TypeError as e:  # a builder argument this version of the model does not take
+        raise CheckpointError(f"checkpoint {src!r} records builder arguments {sorted(kwargs)} that {name!r} does not "
+                              f"accept ({' '.join(str(e).split())}): it was written by another version of the "
+                              "toolkit or edited; retrain or export from a checkpoint of this version") from None
 
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))

@@ -206,6 +206,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ck = read_checkpoint(last_path)
         if ck.get("model") != args.model:
             raise CheckpointError(f"{last_path} is a {ck.get('model')!r} run, not {args.model!r}: use another --out")
+        missing = [k for k in ("state_dict", "optimizer", "epoch") if k not in ck]
+        if missing:
+            raise CheckpointError(f"{last_path} cannot be resumed: it lacks {', '.join(missing)} (a weights-only "
+                                  "checkpoint such as best.pt or a shipped one): start a new run in another --out")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()})
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history, best = int(ck["epoch"]) + 1, list(ck.get("history", [])), float(ck.get("best", -1))

@@ -241,3 +241,35 @@ def test_default_export_works_from_another_working_directory(tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "calibrating on 8 frames" in r.stderr
+
+
+# -- bad values: one line, never a traceback ---------------------------------------------------------------------------
+
+
+def test_bad_values_and_foreign_checkpoints_are_one_line(tmp_path):
+    import torch
+
+    shipped = ROOT / "training" / "weights" / "msnet_effl0-kvasir.pt"
+    ck = torch.load(shipped, map_location="cpu", weights_only=False)
+    ck["model_kwargs"] = {"bogus_arg": 3}  # written by another version of the toolkit, or edited
+    torch.save(ck, tmp_path / "bogus.pt")
+    (tmp_path / "run").mkdir()
+    shutil.copy(shipped, tmp_path / "run" / "last.pt")  # a weights-only checkpoint where a resumable one belongs
+    cases = [
+        (["export.onnx", "--model", "msnet_effl0", "--precision", "int8", "--calib-count", "-5", "--out",
+          str(tmp_path / "a.onnx")], "--calib-count"),
+        (["export.onnx", "--model", "msnet_effl0", "--input-size", "0", "0", "--out", str(tmp_path / "a.onnx")],
+         "input"),
+        (["export.onnx", "--model", "msnet_effl0", "--precision", "int8", "--calib-split", str(tmp_path / "no.txt"),
+          "--out", str(tmp_path / "a.onnx")], "no.txt"),
+        (["export.onnx", "--model", "msnet_effl0", "--out", str(tmp_path)], "must end in .onnx"),
+        (["export.onnx", "--model", "msnet_effl0", "--checkpoint", str(tmp_path / "bogus.pt"), "--out",
+          str(tmp_path / "a.onnx")], "bogus_arg"),
+        (["training.train", "--model", "msnet_effl0", "--data", str(ROOT.parent / "shared" / "data" / "kvasir-seg"),
+          "--resume", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress"], "cannot be resumed"),
+    ]
+    for args, what in cases:
+        r = _run(args, timeout=600)
+        assert r.returncode == 1, (args, r.stderr[-2000:])
+        _one_error_line(r, what)
+    assert not (tmp_path / "a.onnx").exists()
