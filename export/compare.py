@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="write the rows as JSON")
     args = p.parse_args(argv)
+    from common.io import check_destination
+
+    if args.json and (why := check_destination(args.json, (".json",))):
+        raise ExportError(f"--json: {why}")
     precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     bad = [s for s in precisions if s not in ("fp32", "fp16", "int8")]
     try:

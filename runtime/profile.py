@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from common.cli import entry
+from common.io import check_destination
 
 from .errors import BackendUnavailableError, RuntimeInputError
 from .manifest import Manifest, manifest_path, write_json_atomic
@@ -197,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     path = Path(args.model)
     try:
+        if args.json and (why := check_destination(args.json, (".json",))):
+            raise RuntimeInputError(f"--json: {why}")
         if args.rounds < 1:
             raise RuntimeInputError(f"--rounds must be at least 1, got {args.rounds}")
         if not path.is_file():

@@ -147,7 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from common.io import check_destination
+
     from . import get_spec, load_model
+
+    # destinations before the evaluation: it must not end, minutes later, on an output it cannot write
+    for flag, path, suffix in (("--json", args.json, (".json",)), ("--grid", args.grid, (".png",))):
+        if path and (why := check_destination(path, suffix)):
+            raise CheckpointError(f"{flag}: {why}")
+    if args.save_masks and Path(args.save_masks).exists() and not Path(args.save_masks).is_dir():
+        raise CheckpointError(f"--save-masks: {args.save_masks!r} is a file, not a folder")
 
     if args.threads:
         torch.set_num_threads(args.threads)

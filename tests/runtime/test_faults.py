@@ -273,3 +273,29 @@ def test_bad_values_and_foreign_checkpoints_are_one_line(tmp_path):
         assert r.returncode == 1, (args, r.stderr[-2000:])
         _one_error_line(r, what)
     assert not (tmp_path / "a.onnx").exists()
+
+
+@pytest.mark.parametrize("cmd", ["evaluate", "compare", "profile", "bench", "clinical", "batch", "video", "onnx"])
+def test_every_command_checks_its_destination_before_working(cmd, onnx_model, clip, tmp_path):
+    """An output that is a folder (or lies under a file) is refused at once, in one line, for every command."""
+    d, f = tmp_path / "dir.json", tmp_path / "file"
+    d.mkdir()
+    f.write_text("x")
+    data = ROOT.parent / "shared" / "data"
+    args = {
+        "evaluate": ["training.evaluate", "--checkpoint", "msnet_effl0-kvasir", "--data", str(data / "kvasir-seg"),
+                     "--json", str(d)],
+        "compare": ["export.compare", "--model", "msnet_effl0", "--data", str(data / "kvasir-seg"), "--json", str(d)],
+        "profile": ["runtime.profile", str(onnx_model), "--json", str(d)],
+        "bench": ["runtime.bench", "--onnx", str(onnx_model), "--source", str(clip), "--json", str(d)],
+        "clinical": ["export.clinical", "--sequences", str(clip.parent), "--json", str(d)],
+        "batch": ["runtime.batch", str(clip), "--out", str(f / "out"), "--onnx", str(onnx_model)],
+        "video": ["runtime.video", str(clip), str(f / "v.mp4")],
+        "onnx": ["export.onnx", "--model", "msnet_effl0", "--out", str(f / "m.onnx")],
+    }[cmd]
+    t0 = time.time()
+    r = _run(args)
+    assert r.returncode == 1, r.stderr[-2000:]
+    _one_error_line(r)
+    assert time.time() - t0 < 40, "refused only after the work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.json", "file"] and list(d.iterdir()) == []
