@@ -187,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             host, port = parse_hostport(args.serve)
             server = FrameServer(host, port, args.token)
-            print(f"serving on {server.url}" + ("  (token required: keep this URL private)" if server.token else ""),
+            # a token the user chose is theirs already: never echoed; a generated one is shown once, here only
+            shown = getattr(server, "redacted_url", server.url) if args.token else server.url
+            print(f"serving on {shown}" + ("  (token required: keep this URL private)" if server.token else ""),
                   flush=True)
             sinks.append(server)
         if args.show:
