@@ -147,13 +147,13 @@ def _free_port() -> int:
 def test_server_token_rules():
     assert not needs_token("127.0.0.1") and not needs_token("localhost") and not needs_token("::1")
     assert needs_token("0.0.0.0") and needs_token("192.168.1.20")
-    srv = FrameServer("127.0.0.1", _free_port(), token="s3cret")
+    srv = FrameServer("127.0.0.1", _free_port(), token="s3cret-long-enough-token")
     try:
         srv(np.zeros((8, 8, 3), np.uint8), {"frame": 1})
         base = f"http://127.0.0.1:{srv.port}"
         with pytest.raises(urllib.error.HTTPError, match="403"):
             urllib.request.urlopen(base + "/frame.jpg", timeout=5)
-        with urllib.request.urlopen(base + "/frame.jpg?token=s3cret", timeout=5) as r:
+        with urllib.request.urlopen(base + "/frame.jpg?token=s3cret-long-enough-token", timeout=5) as r:
             assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
     finally:
         srv.close()
