@@ -21,6 +21,7 @@ from runtime.batch import discover_sources, main, output_names, run_batch
 from runtime.batch_job import BatchSettings, find_segments, mask_rle, result_identity
 from runtime.errors import RuntimeInputError
 from runtime.video import make_video
+from tests.video_checks import decoded_frames
 
 CLIPS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cvc-clinicdb-clips"
 pytestmark = pytest.mark.skipif(not CLIPS.is_dir(), reason="needs ../shared/data/cvc-clinicdb-clips")
@@ -36,13 +37,6 @@ def archive(tmp_path_factory):
     return d
 
 
-def _decoded_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
@@ -164,7 +158,7 @@ def test_local_job_results_are_complete_and_verified(local_run, archive):
         # every CVC frame shows a polyp: the trained model finds one segment covering most of the clip
         assert r["segments"] and r["polyp_seconds"] >= 0.8 * r["duration_s"]
         video = out / r["outputs"]["video"]["file"]
-        assert _decoded_frames(video) == frames == r["outputs"]["video"]["frames"]
+        assert decoded_frames(video) == frames == r["outputs"]["video"]["frames"]
         with zipfile.ZipFile(out / r["outputs"]["masks"]["file"]) as z:
             names = z.namelist()
             assert len(names) == frames
@@ -197,7 +191,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(local_run, archive, mo
     main(args)
     job = json.loads((out / "job.json").read_text())
     assert job["processed"] == 2 and job["skipped"] == 3
-    assert _decoded_frames(vid) == 25
+    assert decoded_frames(vid) == 25
     # other settings: another key, everything redone
     main(args[:-1] + ["--enter", "0.6", "--no-progress"])
     assert json.loads((out / "job.json").read_text())["processed"] == 5
@@ -250,7 +244,7 @@ def test_local_worker_killed_mid_video_is_retried(long_video, archive, onnx_mode
     r = json.loads((tmp_path / "long.json").read_text())
     assert r["status"] == "ok" and r["frames"] == 600
     assert int(r["timing"]["worker"].rsplit(":", 1)[1]) != killed[0]
-    assert _decoded_frames(tmp_path / "long.mp4") == 600
+    assert decoded_frames(tmp_path / "long.mp4") == 600
     assert job["failed"] == 0 and not any((tmp_path / ".partial").iterdir())
 
 
@@ -297,7 +291,7 @@ def test_ray_actor_killed_mid_video_is_retried_exactly_once(ray_cluster, long_vi
     r = json.loads((tmp_path / "long.json").read_text())
     assert r["status"] == "ok" and r["frames"] == 600
     assert int(r["timing"]["worker"].rsplit(":", 1)[1]) != killed[0]  # a restarted actor did it
-    assert _decoded_frames(tmp_path / "long.mp4") == 600
+    assert decoded_frames(tmp_path / "long.mp4") == 600
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "job.json", "long.json", "long.mp4", "summary.csv", "summary.png"]
     assert not any((tmp_path / ".partial").iterdir())
@@ -394,6 +388,6 @@ def test_frames_of_another_size_are_resized_and_counted_and_parquet(onnx_model, 
     assert job["failed"] == 0
     r = json.loads((tmp_path / "out" / "mixed.json").read_text())
     assert r["frames"] == 6 and r["resized_frames"] == 1 and r["fps"] == 25.0
-    assert _decoded_frames(tmp_path / "out" / "mixed.mp4") == 6
+    assert decoded_frames(tmp_path / "out" / "mixed.mp4") == 6
     table = pa.read_table(tmp_path / "out" / "summary.parquet")
     assert table.num_rows == 1 and table.column("frames").to_pylist() == [6]

@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from tests.video_checks import decoded_frames
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,13 +46,6 @@ def _one_error_line(r, *words) -> str:
     return lines[0]
 
 
-def _frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 # -- the video outputs -------------------------------------------------------------------------------------------------
@@ -70,7 +65,7 @@ def test_disk_full_during_the_demo_video_is_detected_and_reported(onnx_model, cl
     incomplete = tmp_path / "x.incomplete.mp4"
     assert (held > 0) == incomplete.exists()
     if held:
-        assert _frames(incomplete) == held  # what the report says the file holds is what it holds
+        assert decoded_frames(incomplete) == held  # what the report says the file holds is what it holds
 
 
 def test_disk_full_in_runtime_video_is_one_line_and_leaves_nothing(clip, tmp_path):
@@ -94,7 +89,7 @@ def test_frames_of_another_size_are_resized_not_dropped(onnx_model, clip, tmp_pa
     assert r.returncode == 0, r.stderr
     report = json.loads(rep.read_text())
     assert report["frames"] == 8 and report["outputs"]["video_resized_frames"] == "2"
-    assert _frames(out) == int(report["outputs"]["video_frames"]) == 8
+    assert decoded_frames(out) == int(report["outputs"]["video_frames"]) == 8
 
 
 @pytest.mark.parametrize("case", ["out-dir", "out-under-file", "report-dir", "report-under-file", "report-suffix"])
@@ -134,7 +129,7 @@ def test_signal_mid_run_finalises_the_video_and_the_report(sig, code, onnx_model
     assert p.returncode == code, err
     report = json.loads(rep.read_text())
     assert report["ended_by"] == sig.name and report["frames"] > 25
-    assert _frames(out) == report["frames"] == int(report["outputs"]["video_frames"])
+    assert decoded_frames(out) == report["frames"] == int(report["outputs"]["video_frames"])
 
 
 def test_sigterm_mid_export_leaves_no_temporary_file(tmp_path):
