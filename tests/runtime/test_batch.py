@@ -314,7 +314,12 @@ def test_signal_mid_job_keeps_a_consistent_state(sig, code, long_video, archive,
         time.sleep(0.02)
     time.sleep(0.3)
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # never leave a job behind when the signal was not honoured
+            p.kill()
+            p.wait()
     assert p.returncode == code, err
     assert "Traceback" not in err and f"stopped by {sig.name}" in err
     job = json.loads((tmp_path / "job.json").read_text())
@@ -355,7 +360,12 @@ def test_one_job_per_output_folder(archive, onnx_model, tmp_path, long_video):
     q = _cli(str(archive / "seq01.mp4"), "--out", str(tmp_path), "--onnx", str(onnx_model), "--no-progress")
     _, err = q.communicate(timeout=60)
     p.send_signal(signal.SIGINT)
-    p.communicate(timeout=60)
+    try:
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert q.returncode == 1 and "another runtime.batch job" in err
 
 

@@ -145,7 +145,12 @@ def test_signal_mid_run_finalises_the_video_and_the_report(sig, code, onnx_model
         time.sleep(0.05)
     time.sleep(1.0)
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # never leave a looping demo behind when the signal was not honoured
+            p.kill()
+            p.wait()
     assert "Traceback" not in err
     assert p.returncode == code, err
     report = json.loads(rep.read_text())
