@@ -21,7 +21,7 @@ from runtime.batch import discover_sources, main, output_names, run_batch
 from runtime.batch_job import BatchSettings, find_segments, mask_rle, result_identity
 from runtime.errors import RuntimeInputError
 from runtime.video import make_video
-from tests.video_checks import decoded_frames
+from tests.video_checks import decoded_frames, signal_and_wait
 
 CLIPS = Path(__file__).resolve().parents[3] / "shared" / "data" / "cvc-clinicdb-clips"
 pytestmark = pytest.mark.skipif(not CLIPS.is_dir(), reason="needs ../shared/data/cvc-clinicdb-clips")
@@ -313,13 +313,7 @@ def test_signal_mid_job_keeps_a_consistent_state(sig, code, long_video, archive,
     while time.time() - t0 < 120 and not list((tmp_path / ".partial").glob("long.*.mp4")):
         time.sleep(0.02)
     time.sleep(0.3)
-    p.send_signal(sig)
-    try:
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:  # never leave a job behind when the signal was not honoured
-            p.kill()
-            p.wait()
+    err = signal_and_wait(p, sig)
     assert p.returncode == code, err
     assert "Traceback" not in err and f"stopped by {sig.name}" in err
     job = json.loads((tmp_path / "job.json").read_text())
@@ -359,13 +353,7 @@ def test_one_job_per_output_folder(archive, onnx_model, tmp_path, long_video):
         time.sleep(0.02)
     q = _cli(str(archive / "seq01.mp4"), "--out", str(tmp_path), "--onnx", str(onnx_model), "--no-progress")
     _, err = q.communicate(timeout=60)
-    p.send_signal(signal.SIGINT)
-    try:
-        p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    signal_and_wait(p, signal.SIGINT)
     assert q.returncode == 1 and "another runtime.batch job" in err
 
 

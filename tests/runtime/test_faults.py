@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.video_checks import decoded_frames
+from tests.video_checks import decoded_frames, signal_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,13 +144,7 @@ def test_signal_mid_run_finalises_the_video_and_the_report(sig, code, onnx_model
     while time.time() - t0 < 60 and not list(tmp_path.glob(".x.partial.mp4")):
         time.sleep(0.05)
     time.sleep(1.0)
-    p.send_signal(sig)
-    try:
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:  # never leave a looping demo behind when the signal was not honoured
-            p.kill()
-            p.wait()
+    err = signal_and_wait(p, sig)
     assert "Traceback" not in err
     assert p.returncode == code, err
     report = json.loads(rep.read_text())
