@@ -367,7 +367,8 @@ class BatchJob:
     def __init__(self, sources: Sequence[Path], out: str | os.PathLike[str], model_path: Path, backend: str = "auto",
                  workers: int = 1, threads: int | None = None, settings: BatchSettings = BatchSettings(),
                  ray_address: str | None = None, force: bool = False, fast: bool = True,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+                 parquet: bool = False, top: int = 6) -> None:
         settings.check()
         if workers < 1:
             raise RuntimeInputError(f"--workers must be >= 1, got {workers}")
@@ -383,6 +384,7 @@ class BatchJob:
         self.backend, self.workers, self.settings = backend, workers, settings
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.ray_address, self.force, self.fast, self.log = ray_address, force, fast, log
+        self.parquet, self.top = parquet, top  # summary.parquet; probability strips in summary.png
 
     # tasks -----------------------------------------------------------------------------------------------------------
 
@@ -495,16 +497,12 @@ class BatchJob:
         write_json_atomic(self.out / "job.json", job)
         return job
 
-    parquet = False
-    top = 6
-
 
 def run_batch(sources: Sequence[str], out: str | os.PathLike[str], model_path: str | os.PathLike[str], *,
               recursive: bool = False, parquet: bool = False, top: int = 6, progress: bool = False,
               **kw: Any) -> dict[str, Any]:
     """Library entry: discover ``sources``, run the job into ``out``; returns the job record (``job.json``)."""
-    job = BatchJob(discover_sources(sources, recursive), out, Path(model_path), **kw)
-    job.parquet, job.top = parquet, top
+    job = BatchJob(discover_sources(sources, recursive), out, Path(model_path), parquet=parquet, top=top, **kw)
     return job.run(progress)
 
 
@@ -577,8 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         model_path = default_model_path(a.model, a.backend, log)
     job = BatchJob(sources, a.out, model_path, a.backend, a.workers, a.threads, settings,
-                   None if a.ray is None else a.ray, a.force, a.fast, log)
-    job.parquet, job.top = a.parquet, a.top
+                   None if a.ray is None else a.ray, a.force, a.fast, log, parquet=a.parquet, top=a.top)
     rec = job.run(a.progress and sys.stderr.isatty())
     log(f"{rec['processed']} processed ({rec['failed']} failed), {rec['skipped']} skipped, {rec['pending']} not run; "
         f"{rec['frames']} frames in {rec['seconds']:.1f} s = {rec['frames_per_second']:.1f} frames/s; results in "
